@@ -1,0 +1,1 @@
+"""memlm: memory-augmented language models trained segment by segment."""

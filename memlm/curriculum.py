@@ -1,0 +1,105 @@
+"""Curriculum over the number of segments per training sample, as a Lightning callback.
+
+Training starts on the first segment count of the list and moves to the next when the validation accuracy at the
+current count reaches `threshold`, or when the stage has used `max_steps_per_stage` optimiser steps. The stage is
+part of the checkpoint (`state_dict`), so a resumed run continues on the same segment count. Lightning runs
+checkpoint callbacks after all others, so a checkpoint taken at a validation that advanced the stage already holds
+the new stage.
+
+The callback sets `num_segments` on the datamodule; the datamodule builds a fresh training loader each epoch
+(`reload_dataloaders_every_n_epochs=1`) and an epoch lasts one validation interval, so a new stage starts with the
+next epoch's loader.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_info
+
+
+class SegmentCurriculum(Callback):
+    def __init__(
+        self,
+        datamodule: L.LightningDataModule,
+        segments: Sequence[int],
+        threshold: float = 0.95,
+        max_steps_per_stage: int | None = None,
+        stop_when_done: bool = True,
+    ):
+        segments = list(segments)
+        if not segments or any(n < 1 for n in segments) or segments != sorted(set(segments)):
+            raise ValueError(f"curriculum.segments={segments} must be a non-empty increasing list of positive counts")
+        if max_steps_per_stage is not None and max_steps_per_stage < 1:
+            raise ValueError(f"curriculum.max_steps_per_stage={max_steps_per_stage} must be positive or null")
+        self.datamodule = datamodule
+        self.segments = segments
+        self.threshold = threshold
+        self.max_steps_per_stage = max_steps_per_stage
+        self.stop_when_done = stop_when_done
+        self.stage = 0
+        self.stage_start_step = 0
+        self.history: list[dict] = []
+        self._apply()
+
+    @property
+    def num_segments(self) -> int:
+        return self.segments[self.stage]
+
+    @property
+    def monitor(self) -> str:
+        return f"val/accuracy_{self.num_segments}seg"
+
+    def _apply(self) -> None:
+        self.datamodule.num_segments = self.num_segments
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        if self.monitor not in trainer.callback_metrics:
+            raise KeyError(f"the curriculum monitors {self.monitor!r}, which validation did not log")
+        accuracy = float(trainer.callback_metrics[self.monitor])
+        steps_in_stage = trainer.global_step - self.stage_start_step
+        reached = accuracy >= self.threshold
+        out_of_budget = self.max_steps_per_stage is not None and steps_in_stage >= self.max_steps_per_stage
+        last_stage = self.stage == len(self.segments) - 1
+        if not reached and (last_stage or not out_of_budget):
+            return
+        if last_stage and not self.stop_when_done:
+            return
+        self.history.append(
+            {"segments": self.num_segments, "step": trainer.global_step, "accuracy": accuracy, "reached": reached}
+        )
+        if last_stage:
+            rank_zero_info(f"curriculum: {self.num_segments} segments at accuracy {accuracy:.3f}; done")
+            trainer.should_stop = True
+            return
+        self.stage += 1
+        self.stage_start_step = trainer.global_step
+        self._apply()
+        rank_zero_info(
+            f"curriculum: accuracy {accuracy:.3f} at step {trainer.global_step}; "
+            f"now training on {self.num_segments} segments"
+        )
+
+    def state_dict(self) -> dict:
+        return {
+            "segments": self.segments,
+            "stage": self.stage,
+            "stage_start_step": self.stage_start_step,
+            "history": self.history,
+        }
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        saved = list(state_dict["segments"])
+        if self.segments[: len(saved)] != saved:
+            raise ValueError(
+                f"curriculum.segments={self.segments} does not continue the checkpoint's {saved}: resume with the "
+                "same list, or one that only adds stages at its end"
+            )
+        self.stage = state_dict["stage"]
+        self.stage_start_step = state_dict["stage_start_step"]
+        self.history = list(state_dict["history"])
+        self._apply()

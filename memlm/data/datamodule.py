@@ -1,0 +1,113 @@
+"""The DataModule for the synthetic fact tasks.
+
+Training samples are generated on the fly, an endless stream seeded by (seed, rank, epoch, segment count, worker):
+distinct per process and worker, and the same again when a run resumes from a checkpoint at an epoch boundary.
+Validation and evaluation sets are fixed: the same samples every time, one set per segment count.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+
+import lightning as L
+from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
+from transformers import PreTrainedTokenizerBase
+
+from memlm.data.babi import PLACES, read_babi, stories_from_babi
+from memlm.data.background import SentencePool, load_documents
+from memlm.data.tasks import SampleBuilder
+
+
+class SampleStream(IterableDataset):
+    def __init__(self, builder: SampleBuilder, num_segments: int, seed: str):
+        self.builder = builder
+        self.num_segments = num_segments
+        self.seed = seed
+
+    def __iter__(self):
+        worker = get_worker_info()
+        rng = random.Random(f"{self.seed}/worker{worker.id if worker else 0}")
+        while True:
+            yield self.builder.build(rng, self.num_segments)
+
+
+class SeededSamples(Dataset):
+    """`count` samples, sample i built on demand from its own seed: the same set every time, held nowhere, so an
+    evaluation at thousands of segments streams instead of materialising its inputs."""
+
+    def __init__(self, builder: SampleBuilder, num_segments: int, count: int, seed: str):
+        self.builder = builder
+        self.num_segments = num_segments
+        self.count = count
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, index: int):
+        return self.builder.build(random.Random(f"{self.seed}/{index}"), self.num_segments)
+
+
+class FactTaskDataModule(L.LightningDataModule):
+    answer_classes = PLACES
+
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        answer_format: str,
+        task: str = "memorize",
+        background: str = "embedded",
+        babi_file: str | None = None,
+        segment_length: int = 32,
+        batch_size: int = 32,
+        val_segments: Sequence[int] = (1,),
+        val_samples: int = 256,
+        num_workers: int = 0,
+        seed: int = 0,
+    ):
+        super().__init__()
+        if segment_length < 1 or batch_size < 1 or val_samples < 1:
+            raise ValueError("data.segment_length, data.batch_size and data.val_samples must be positive")
+        self.tokenizer = tokenizer
+        self.answer_format = answer_format
+        self.task = task
+        self.background = background
+        self.babi_file = babi_file
+        self.segment_length = segment_length
+        self.batch_size = batch_size
+        self.val_segments = sorted(set(val_segments))
+        self.val_samples = val_samples
+        self.num_workers = num_workers
+        self.seed = seed
+        self.num_segments = self.val_segments[0]
+        self.builders: dict[str, SampleBuilder] = {}
+
+    def builder(self, split: str) -> SampleBuilder:
+        """The sample builder over `split`'s background text, made once."""
+        if split not in self.builders:
+            stories = None
+            if self.babi_file is not None:
+                stories = stories_from_babi(read_babi(self.babi_file), self.task)
+            documents = load_documents(self.background, split)
+            pool = SentencePool(documents, lambda texts: self.tokenizer(texts, add_special_tokens=False)["input_ids"])
+            self.builders[split] = SampleBuilder(
+                self.task, pool, self.tokenizer, self.segment_length, self.answer_format, stories
+            )
+        return self.builders[split]
+
+    def samples(self, split: str, num_segments: int, count: int) -> SeededSamples:
+        """A fixed set of `count` samples of `num_segments` segments, the same for a given seed."""
+        return SeededSamples(self.builder(split), num_segments, count, f"{self.seed}/{split}/{num_segments}seg")
+
+    def train_dataloader(self) -> DataLoader:
+        trainer = self.trainer
+        seed = f"{self.seed}/train/rank{trainer.global_rank}/epoch{trainer.current_epoch}/{self.num_segments}seg"
+        stream = SampleStream(self.builder("train"), self.num_segments, seed)
+        return DataLoader(stream, batch_size=self.batch_size, num_workers=self.num_workers)
+
+    def val_dataloader(self) -> list[DataLoader]:
+        return [self.loader(self.samples("validation", n, self.val_samples)) for n in self.val_segments]
+
+    def loader(self, samples: Dataset) -> DataLoader:
+        return DataLoader(samples, batch_size=self.batch_size, num_workers=self.num_workers)

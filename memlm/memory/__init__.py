@@ -1,0 +1,7 @@
+"""Memory heads behind one interface (`MemoryHead`): the training loop never asks which one it runs."""
+
+from memlm.memory.base import MemoryHead, MemoryState, SegmentOutput
+from memlm.memory.baseline import Baseline
+from memlm.memory.rmt import RMT
+
+__all__ = ["Baseline", "MemoryHead", "MemoryState", "RMT", "SegmentOutput"]

@@ -1,0 +1,77 @@
+"""The one interface every memory head implements.
+
+A memory model is a backbone run segment by segment, carrying a state. A head says how a segment's input is built
+from the state and how the next state is read out; the segment loop (`memlm.recurrence`) does the rest and never
+asks which head it runs. The state is any pytree of tensors (a tensor, a tuple, a dict, or None), so the loop can
+detach it at the truncation point without knowing its shape.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from memlm.backbones import Backbone
+
+MemoryState = Any
+
+
+@dataclass
+class SegmentOutput:
+    token_states: torch.Tensor
+    """Last hidden states at the segment's own token positions, (batch, segment_length, hidden)."""
+    summary: torch.Tensor
+    """One vector per sample for classification, (batch, hidden): CLS for encoders, the last token for decoders."""
+    state: MemoryState
+    """The memory handed to the next segment."""
+
+
+class MemoryHead(nn.Module):
+    """Base class: holds the backbone; subclasses add memory parameters and the segment layout."""
+
+    def __init__(self, backbone: Backbone):
+        super().__init__()
+        self.backbone = backbone
+
+    def initial_state(self, batch_size: int) -> MemoryState:
+        """The memory the first segment of a document reads."""
+        raise NotImplementedError
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, state: MemoryState) -> SegmentOutput:
+        """Process one segment of (batch, segment_length) token ids given the memory; return outputs and new memory."""
+        raise NotImplementedError
+
+    def extra_positions(self) -> int:
+        """Positions the head adds around a segment; segment_length + this must fit the backbone's positions."""
+        raise NotImplementedError
+
+    def check_fits(self, segment_length: int) -> None:
+        """Fail at start, naming the keys to change, when a segment and its memory exceed the backbone's positions."""
+        needed = segment_length + self.extra_positions()
+        if needed > self.backbone.max_positions:
+            raise ValueError(
+                f"data.segment_length={segment_length} plus {self.extra_positions()} positions for "
+                f"{type(self).__name__}'s memory/special tokens needs {needed} positions, but the backbone has "
+                f"{self.backbone.max_positions}: lower data.segment_length or model.num_mem_tokens"
+            )
+
+
+def frame_for_encoder(backbone: Backbone, inside: list[torch.Tensor], tokens: torch.Tensor) -> torch.Tensor:
+    """BERT-style layout `[CLS] inside... [SEP] tokens [SEP]` (or `[CLS] tokens [SEP]` when `inside` is empty)."""
+    batch = tokens.shape[0]
+    tok = backbone.tokenizer
+    cls = backbone.special_embedding(tok.cls_token_id, batch)
+    sep = backbone.special_embedding(tok.sep_token_id, batch)
+    if inside:
+        return torch.cat([cls, *inside, sep, tokens, sep], dim=1)
+    return torch.cat([cls, tokens, sep], dim=1)
+
+
+def pad_mask(attention_mask: torch.Tensor, before: int, after: int) -> torch.Tensor:
+    """Extend a segment's attention mask over positions the head adds before and after the tokens."""
+    batch = attention_mask.shape[0]
+    ones = attention_mask.new_ones
+    return torch.cat([ones(batch, before), attention_mask, ones(batch, after)], dim=1)

@@ -1,0 +1,23 @@
+"""No memory: each segment is read alone. The floor every memory head must beat."""
+
+from __future__ import annotations
+
+import torch
+
+from memlm.memory.base import MemoryHead, MemoryState, SegmentOutput, frame_for_encoder, pad_mask
+
+
+class Baseline(MemoryHead):
+    def initial_state(self, batch_size: int) -> MemoryState:
+        return None
+
+    def extra_positions(self) -> int:
+        return 0 if self.backbone.is_decoder else 2
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, state: MemoryState) -> SegmentOutput:
+        tokens = self.backbone.embed(input_ids)
+        if self.backbone.is_decoder:
+            hidden = self.backbone(tokens, attention_mask)
+            return SegmentOutput(hidden, hidden[:, -1], None)
+        hidden = self.backbone(frame_for_encoder(self.backbone, [], tokens), pad_mask(attention_mask, 1, 1))
+        return SegmentOutput(hidden[:, 1:-1], hidden[:, 0], None)

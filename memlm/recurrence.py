@@ -1,0 +1,93 @@
+"""The segment loop: run a memory head over a batch's segments, carrying its state, with truncated BPTT.
+
+`bptt_depth = k` lets gradients flow through the memory across the batch's last k segments (-1: all of them). The
+memory leaving every earlier segment is detached, so an earlier segment's loss reaches only its own computation.
+That is what the RMT authors intended; their code detached a copy it then discarded, and counted k against the
+longest possible sample instead of the batch's own segment count.
+
+Constant memory: because a segment before the window sends no gradient backwards, its loss can be backpropagated
+as soon as it is computed and its graph freed. Only the window's graph is held, so training memory grows with the
+BPTT depth and not with the number of segments. `recompute=True` goes further and checkpoints each segment inside
+the window, keeping only the memory between segments and recomputing activations during backward.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch.utils._pytree import tree_map_only
+from torch.utils.checkpoint import checkpoint
+
+from memlm.memory.base import MemoryHead, MemoryState, SegmentOutput
+
+SegmentLoss = Callable[[int, SegmentOutput], "torch.Tensor | None"]
+"""Given a segment's index and output, its share of the batch loss, or None when the segment has no targets."""
+
+
+def detach_state(state: MemoryState) -> MemoryState:
+    return tree_map_only(torch.Tensor, torch.Tensor.detach, state)
+
+
+@dataclass(frozen=True)
+class Recurrence:
+    bptt_depth: int = -1
+    recompute: bool = False
+
+    def __post_init__(self):
+        if self.bptt_depth == 0 or self.bptt_depth < -1:
+            raise ValueError(
+                f"recurrence.bptt_depth={self.bptt_depth}: use a positive number of trailing segments that "
+                "gradients flow through, or -1 for all of them"
+            )
+
+    def window_start(self, num_segments: int) -> int:
+        """Index of the first segment whose incoming memory carries gradient."""
+        if self.bptt_depth == -1:
+            return 0
+        return max(0, num_segments - self.bptt_depth)
+
+    def run(
+        self,
+        head: MemoryHead,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        segment_loss: SegmentLoss,
+        backward: Callable[[torch.Tensor], None] | None = None,
+    ) -> torch.Tensor:
+        """Unroll the head over (batch, segments, segment_length) inputs and return the summed loss.
+
+        Without `backward` the loss keeps its whole graph (evaluation, or one plain backward by the caller). With
+        `backward` (training), gradients are computed chunk by chunk as described above and the returned loss is
+        detached: the gradients are already in the parameters' `.grad`.
+        """
+        num_segments = input_ids.shape[1]
+        start = self.window_start(num_segments)
+        state = head.initial_state(input_ids.shape[0])
+        total = input_ids.new_zeros((), dtype=torch.float32)
+        window_loss = None
+        for k in range(num_segments):
+            ids, mask = input_ids[:, k], attention_mask[:, k]
+            if k >= start and self.recompute and torch.is_grad_enabled():
+                out = checkpoint(head, ids, mask, state, use_reentrant=False)
+            else:
+                out = head(ids, mask, state)
+            loss = segment_loss(k, out)
+            state = out.state
+            if k < start:
+                state = detach_state(state)
+                if loss is not None and backward is not None:
+                    backward(loss)
+                    loss = loss.detach()
+            if loss is not None:
+                if k < start:
+                    total = total + loss
+                else:
+                    window_loss = loss if window_loss is None else window_loss + loss
+        if window_loss is not None:
+            if backward is not None:
+                backward(window_loss)
+                window_loss = window_loss.detach()
+            total = total + window_loss
+        return total

@@ -1,0 +1,92 @@
+"""`train(cfg)`: build everything from a composed Hydra config, fit, report. `train.py` is a thin wrapper; tests
+call this directly."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lightning as L
+from hydra.utils import get_class, instantiate
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf
+
+from memlm.curriculum import SegmentCurriculum
+from memlm.module import MemoryLM
+from memlm.plots import plot_accuracy
+
+
+def build_model(cfg: DictConfig) -> MemoryLM:
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    return MemoryLM(
+        backbone=plain["backbone"],
+        model=plain["model"],
+        recurrence=plain["recurrence"],
+        optim=plain["optim"],
+        num_classes=len(get_class(cfg.data._target_).answer_classes),
+        data=plain["data"],
+    )
+
+
+def build_datamodule(data: DictConfig | dict, model: MemoryLM) -> L.LightningDataModule:
+    answer_format = "generate" if model.head.backbone.is_decoder else "classify"
+    datamodule = instantiate(data, tokenizer=model.tokenizer, answer_format=answer_format)
+    model.head.check_fits(datamodule.segment_length)
+    return datamodule
+
+
+def resume_checkpoint(cfg: DictConfig, run_dir: Path) -> str | None:
+    """`ckpt_path` if given, else the run directory's own last checkpoint, so a re-run in place resumes."""
+    if cfg.ckpt_path is not None:
+        if not Path(cfg.ckpt_path).is_file():
+            raise FileNotFoundError(f"ckpt_path={cfg.ckpt_path}: no such checkpoint file")
+        return str(cfg.ckpt_path)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    return str(last) if last.is_file() else None
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Train as `cfg` says and return the final validation metrics."""
+    L.seed_everything(cfg.seed, workers=True)
+    run_dir = Path(cfg.run_dir)
+    model = build_model(cfg)
+    datamodule = build_datamodule(cfg.data, model)
+    curriculum = SegmentCurriculum(datamodule, **cfg.curriculum)
+    # A component set to null on the command line (callbacks.progress_bar=null) is switched off.
+    callbacks = [instantiate(callback) for callback in cfg.callbacks.values() if callback is not None]
+    loggers = [instantiate(logger) for logger in cfg.logger.values() if logger is not None]
+    trainer = instantiate(
+        cfg.trainer, callbacks=[*callbacks, curriculum], logger=loggers or False, default_root_dir=run_dir
+    )
+    ckpt_path = resume_checkpoint(cfg, run_dir)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
+    report(run_dir, metrics, curriculum, trainer)
+    return metrics
+
+
+@rank_zero_only
+def report(run_dir: Path, metrics: dict[str, float], curriculum: SegmentCurriculum, trainer: L.Trainer) -> None:
+    """Write summary.json and accuracy.png into the run directory and say where everything is."""
+    accuracy = {
+        n: metrics[f"val/accuracy_{n}seg"] for n in curriculum.segments if f"val/accuracy_{n}seg" in metrics
+    }
+    summary = {
+        "global_step": trainer.global_step,
+        "curriculum": curriculum.state_dict(),
+        "val_accuracy_by_segments": accuracy,
+        "metrics": metrics,
+    }
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    plot = plot_accuracy(accuracy, run_dir / "accuracy.png", title="validation accuracy after training")
+    checkpoint = trainer.checkpoint_callback.last_model_path if trainer.checkpoint_callback else None
+    lines = ["", f"finished at step {trainer.global_step}; validation accuracy by segment count:"]
+    lines += [f"  {n:>4} segments: {value:.3f}" for n, value in accuracy.items()]
+    lines += [
+        f"checkpoint: {checkpoint or 'none (checkpointing is off)'}",
+        f"logs:       {', '.join(str(getattr(lg, 'log_dir', None) or lg.save_dir) for lg in trainer.loggers) or 'none'}",
+        f"plot:       {plot}",
+        f"summary:    {run_dir / 'summary.json'}",
+        f"resume:     the same command with hydra.run.dir={run_dir}",
+    ]
+    print("\n".join(lines))

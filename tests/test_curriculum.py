@@ -1,0 +1,71 @@
+"""The segment curriculum: when it advances, when it stops, and that its stage survives a checkpoint."""
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from memlm.curriculum import SegmentCurriculum
+
+
+def validation(curriculum, accuracy: float, step: int, datamodule):
+    trainer = SimpleNamespace(
+        sanity_checking=False,
+        should_stop=False,
+        global_step=step,
+        callback_metrics={f"val/accuracy_{curriculum.num_segments}seg": torch.tensor(accuracy)},
+    )
+    curriculum.on_validation_end(trainer, None)
+    return trainer
+
+
+def test_advances_at_the_threshold_and_stops_after_the_last_stage():
+    datamodule = SimpleNamespace()
+    curriculum = SegmentCurriculum(datamodule, [1, 2, 4], threshold=0.9)
+    assert datamodule.num_segments == 1
+    validation(curriculum, 0.5, 100, datamodule)
+    assert datamodule.num_segments == 1
+    validation(curriculum, 0.95, 200, datamodule)
+    assert datamodule.num_segments == 2 and curriculum.stage_start_step == 200
+    validation(curriculum, 0.92, 300, datamodule)
+    assert datamodule.num_segments == 4
+    assert validation(curriculum, 0.91, 400, datamodule).should_stop
+
+
+def test_advances_when_the_stage_budget_is_spent_but_never_stops_below_threshold():
+    datamodule = SimpleNamespace()
+    curriculum = SegmentCurriculum(datamodule, [2, 8], threshold=0.99, max_steps_per_stage=150)
+    validation(curriculum, 0.2, 100, datamodule)
+    assert datamodule.num_segments == 2
+    validation(curriculum, 0.2, 150, datamodule)
+    assert datamodule.num_segments == 8
+    trainer = validation(curriculum, 0.2, 1000, datamodule)
+    assert not trainer.should_stop and datamodule.num_segments == 8
+    assert [entry["reached"] for entry in curriculum.history] == [False]
+
+
+def test_stage_round_trips_through_a_checkpoint_and_reaches_the_datamodule():
+    datamodule = SimpleNamespace()
+    curriculum = SegmentCurriculum(datamodule, [1, 2, 4])
+    validation(curriculum, 1.0, 100, datamodule)
+    validation(curriculum, 1.0, 200, datamodule)
+    state = curriculum.state_dict()
+    restored_datamodule = SimpleNamespace()
+    restored = SegmentCurriculum(restored_datamodule, [1, 2, 4])
+    assert restored_datamodule.num_segments == 1
+    restored.load_state_dict(state)
+    assert restored_datamodule.num_segments == 4
+    assert restored.stage_start_step == 200 and restored.history == curriculum.history
+
+
+@pytest.mark.parametrize("segments", [[], [0, 2], [4, 2], [2, 2]])
+def test_bad_segment_lists_name_the_key(segments):
+    with pytest.raises(ValueError, match="curriculum.segments"):
+        SegmentCurriculum(SimpleNamespace(), segments)
+
+
+def test_missing_validation_metric_is_an_error():
+    curriculum = SegmentCurriculum(SimpleNamespace(), [3])
+    trainer = SimpleNamespace(sanity_checking=False, global_step=1, callback_metrics={})
+    with pytest.raises(KeyError, match="val/accuracy_3seg"):
+        curriculum.on_validation_end(trainer, None)

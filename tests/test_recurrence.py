@@ -1,0 +1,141 @@
+"""Truncated BPTT: where gradients stop, that chunked backward equals one plain backward, and that it keeps
+training memory flat in the number of segments."""
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from memlm.backbones import Backbone
+from memlm.memory import RMT
+from memlm.objectives import IGNORE, GenerativeAnswer
+from memlm.recurrence import Recurrence
+
+VOCAB, SEGMENT = 50, 8
+
+
+def tiny_rmt(seed: int = 0) -> RMT:
+    torch.manual_seed(seed)
+    config = GPT2Config(n_layer=2, n_embd=32, n_head=2, n_positions=64, vocab_size=VOCAB, bos_token_id=0,
+                        eos_token_id=0, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    return RMT(Backbone(GPT2LMHeadModel(config), tokenizer=None, kind="causal"), num_mem_tokens=3)
+
+
+def make_batch(num_segments: int, answer_segments=None, seed: int = 1) -> dict:
+    """Random tokens with answer targets in the given segments (default: every segment)."""
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, VOCAB, (2, num_segments, SEGMENT), generator=generator)
+    labels = torch.full_like(ids, IGNORE)
+    for k in answer_segments if answer_segments is not None else range(num_segments):
+        labels[:, k, -2:] = torch.randint(0, VOCAB, (2, 2), generator=generator)
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+
+
+def run(head, batch, recurrence, chunked: bool):
+    objective = GenerativeAnswer()
+    tally = objective.start(batch)
+    head.zero_grad(set_to_none=True)
+
+    def segment_loss(k, out):
+        return objective.segment_loss(head.backbone, k, out, batch, tally)
+
+    backward = (lambda loss: loss.backward()) if chunked else None
+    loss = recurrence.run(head, batch["input_ids"], batch["attention_mask"], segment_loss, backward)
+    if not chunked:
+        loss.backward()
+    return loss.item(), {name: p.grad.clone() for name, p in head.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("depth", [-1, 1, 2, 3, 6])
+@pytest.mark.parametrize("recompute", [False, True])
+def test_chunked_backward_gives_the_plain_gradients(depth, recompute):
+    head, batch = tiny_rmt(), make_batch(6)
+    plain_loss, plain = run(head, batch, Recurrence(depth), chunked=False)
+    chunked_loss, chunked = run(head, batch, Recurrence(depth, recompute=recompute), chunked=True)
+    assert chunked_loss == pytest.approx(plain_loss, rel=1e-6)
+    assert plain.keys() == chunked.keys() and "memory" in plain
+    for name in plain:
+        torch.testing.assert_close(chunked[name], plain[name], rtol=1e-5, atol=1e-7)
+
+
+class StateSpy(RMT):
+    """RMT that keeps the memory each segment receives, with its gradient."""
+
+    def forward(self, input_ids, attention_mask, state):
+        if state.requires_grad:
+            state.retain_grad()
+        self.received.append(state)
+        return super().forward(input_ids, attention_mask, state)
+
+
+@pytest.mark.parametrize("depth, carries_gradient", [
+    (1, [True, False, False, False, False]),
+    (2, [True, False, False, False, True]),
+    (4, [True, False, True, True, True]),
+    (-1, [True, True, True, True, True]),
+])
+def test_gradients_stop_exactly_at_the_cut(depth, carries_gradient):
+    head = tiny_rmt()
+    head.__class__ = StateSpy
+    head.received = []
+    batch = make_batch(5, answer_segments=[4])  # only the last segment has a loss
+    run(head, batch, Recurrence(depth), chunked=True)
+    # Segment 0 always reads the learned initial memory, which requires grad; every later segment inside the
+    # window must receive a non-zero gradient, and none outside it may be attached to the graph at all.
+    assert [state.requires_grad for state in head.received] == carries_gradient
+    start = Recurrence(depth).window_start(5)
+    for k in range(start + 1, 5):
+        assert head.received[k].grad.abs().sum() > 0
+    assert (head.memory.grad is not None) == (depth == -1 or depth >= 5)
+
+
+class SavedTensorMeter:
+    """Bytes of tensors saved for backward that are alive, and their peak."""
+
+    def __init__(self):
+        self.alive = self.peak = 0
+
+    def hooks(self):
+        meter = self
+
+        class Saved:
+            def __init__(self, tensor):
+                self.tensor, self.nbytes = tensor, tensor.numel() * tensor.element_size()
+                meter.alive += self.nbytes
+                meter.peak = max(meter.peak, meter.alive)
+
+            def __del__(self):
+                meter.alive -= self.nbytes
+
+        return torch.autograd.graph.saved_tensors_hooks(Saved, lambda saved: saved.tensor)
+
+
+def peak_saved_bytes(num_segments: int, recurrence: Recurrence, chunked: bool) -> int:
+    meter = SavedTensorMeter()
+    with meter.hooks():
+        run(tiny_rmt(), make_batch(num_segments), recurrence, chunked)
+    return meter.peak
+
+
+def test_chunked_training_memory_does_not_grow_with_segments():
+    truncated = Recurrence(bptt_depth=2)
+    assert peak_saved_bytes(16, truncated, chunked=True) == peak_saved_bytes(4, truncated, chunked=True)
+    # The plain single backward holds every segment's graph: this is what the chunking saves.
+    assert peak_saved_bytes(16, truncated, chunked=False) > 3 * peak_saved_bytes(4, truncated, chunked=False)
+
+
+def test_recompute_holds_less_than_the_full_window():
+    full = peak_saved_bytes(8, Recurrence(-1), chunked=True)
+    recomputed = peak_saved_bytes(8, Recurrence(-1, recompute=True), chunked=True)
+    assert recomputed < full / 4
+
+
+@pytest.mark.parametrize("depth", [0, -2])
+def test_impossible_bptt_depth_names_the_key(depth):
+    with pytest.raises(ValueError, match="recurrence.bptt_depth"):
+        Recurrence(bptt_depth=depth)
+
+
+def test_window_counts_against_the_batch_segments():
+    assert Recurrence(3).window_start(2) == 0
+    assert Recurrence(3).window_start(7) == 4
+    assert Recurrence(-1).window_start(7) == 0

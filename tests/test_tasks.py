@@ -1,0 +1,97 @@
+"""Synthetic fact tasks: exact lengths, facts whole at sentence boundaries, answers where the labels say."""
+
+import random
+
+import pytest
+import torch
+
+from memlm.backbones import load_tokenizer
+from memlm.data.babi import PLACES
+from memlm.data.background import SentencePool, load_documents
+from memlm.data.tasks import SampleBuilder
+from memlm.objectives import IGNORE
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return load_tokenizer("gpt2-tokenizer")
+
+
+@pytest.fixture(scope="module")
+def pool(tokenizer, background):
+    documents = load_documents(str(background), "train")
+    return SentencePool(documents, lambda texts: tokenizer(texts, add_special_tokens=False)["input_ids"])
+
+
+def builder(tokenizer, pool, task="memorize", answer_format="generate", segment_length=32):
+    return SampleBuilder(task, pool, tokenizer, segment_length, answer_format)
+
+
+def text(tokenizer, ids) -> str:
+    return tokenizer.decode(ids.flatten().tolist())
+
+
+@pytest.mark.parametrize("task", ["memorize", "detect", "reasoning"])
+def test_sample_fills_its_segments_and_ends_with_question_and_answer(tokenizer, pool, task):
+    sample = builder(tokenizer, pool, task).build(random.Random(0), num_segments=3)
+    assert sample["input_ids"].shape == sample["labels"].shape == (3, 32)
+    decoded = text(tokenizer, sample["input_ids"])
+    answer = PLACES[int(sample["class_label"])]
+    assert decoded.endswith(f"? {answer}<|endoftext|>")
+    # Labels sit one position before the token they predict, all inside the last segment.
+    flat_ids, flat_labels = sample["input_ids"].flatten(), sample["labels"].flatten()
+    scored = (flat_labels != IGNORE).nonzero()[:, 0]
+    assert torch.equal(flat_labels[scored], flat_ids[scored + 1])
+    assert text(tokenizer, flat_labels[scored]) == f" {answer}<|endoftext|>"
+    assert (sample["labels"][:-1] == IGNORE).all()
+
+
+def test_memorize_opens_with_the_fact(tokenizer, pool):
+    decoded = text(tokenizer, builder(tokenizer, pool).build(random.Random(3), 2)["input_ids"])
+    actor = decoded.split("Where is ")[1].split("?")[0]
+    assert decoded.startswith(f" {actor} ")
+
+
+def test_detect_hides_the_fact_between_whole_sentences(tokenizer, pool):
+    starts = set()
+    for seed in range(20):
+        decoded = text(tokenizer, builder(tokenizer, pool, "detect").build(random.Random(seed), 4)["input_ids"])
+        actor = decoded.split("Where is ")[1].split("?")[0]
+        start = decoded.index(f" {actor} ")
+        # The background sentences all end with "."; a fact inserted at a boundary follows one (or opens the text).
+        assert start == 0 or decoded[start - 1] == "."
+        starts.add(start)
+    assert len(starts) > 10, "the fact should move around"
+
+
+def test_reasoning_hides_two_facts_that_answer_the_question(tokenizer, pool):
+    decoded = text(tokenizer, builder(tokenizer, pool, "reasoning").build(random.Random(5), 4)["input_ids"])
+    assert decoded.count(" is ") >= 2 and decoded.count(" of the ") >= 2
+    assert "What is" in decoded
+
+
+def test_classify_format_has_no_answer_tokens(tokenizer, pool):
+    sample = builder(tokenizer, pool, answer_format="classify").build(random.Random(0), 2)
+    assert (sample["labels"] == IGNORE).all()
+    assert text(tokenizer, sample["input_ids"]).endswith("?")
+    assert 0 <= int(sample["class_label"]) < len(PLACES)
+
+
+def test_samples_are_deterministic_per_seed_and_differ_across_seeds(tokenizer, pool):
+    make = builder(tokenizer, pool, "detect")
+    first, again = make.build(random.Random(7), 2), make.build(random.Random(7), 2)
+    other = make.build(random.Random(8), 2)
+    assert torch.equal(first["input_ids"], again["input_ids"])
+    assert not torch.equal(first["input_ids"], other["input_ids"])
+
+
+def test_too_short_segments_name_the_key(tokenizer, pool):
+    with pytest.raises(ValueError, match="data.segment_length"):
+        builder(tokenizer, pool, segment_length=4).build(random.Random(0), 2)
+    with pytest.raises(ValueError, match="data.segment_length"):
+        builder(tokenizer, pool, "reasoning", segment_length=12).build(random.Random(0), 1)
+
+
+def test_unknown_task_names_the_key(tokenizer, pool):
+    with pytest.raises(ValueError, match="data.task"):
+        builder(tokenizer, pool, task="summarize")

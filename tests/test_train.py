@@ -1,0 +1,135 @@
+"""`train(cfg)` end to end on tiny models: outputs, checkpoints, config errors, resume after SIGKILL, DDP, sweeps."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.errors import MissingConfigException
+
+from memlm.module import MemoryLM
+from memlm.training import train
+from tests.conftest import FAST, REPO, TINY_BERT, TINY_GPT2, compose_train
+
+
+def test_quick_run_reports_accuracy_per_segment_count(fast_cfg, tmp_path):
+    metrics = train(fast_cfg())
+    for n in (1, 2):
+        assert 0.0 <= metrics[f"val/accuracy_{n}seg"] <= 1.0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["global_step"] == 6
+    assert set(summary["val_accuracy_by_segments"]) == {"1", "2"}
+    assert (tmp_path / "accuracy.png").stat().st_size > 1000
+    assert list((tmp_path / "csv").glob("version_*/metrics.csv"))
+
+
+def test_checkpoint_loads_with_weights_only_and_rebuilds_the_model(fast_cfg, tmp_path):
+    train(fast_cfg())
+    path = tmp_path / "checkpoints" / "last.ckpt"
+    checkpoint = torch.load(path, weights_only=True)
+    assert checkpoint["hyper_parameters"]["model"]["num_mem_tokens"] == 2
+    assert checkpoint["global_step"] == 6
+    model = MemoryLM.load_from_checkpoint(path)
+    memory = model.state_dict()["head.memory"]
+    torch.testing.assert_close(memory, checkpoint["state_dict"]["head.memory"])
+
+
+def test_encoder_backbone_trains_as_a_classifier(fast_cfg):
+    metrics = train(fast_cfg(backbone=TINY_BERT))
+    assert 0.0 <= metrics["val/accuracy_2seg"] <= 1.0
+
+
+@pytest.mark.parametrize("override, message", [
+    ("recurrence.bptt_depth=0", "recurrence.bptt_depth"),
+    ("model.num_mem_tokens=300", "model.num_mem_tokens"),
+    ("data.segment_length=600", "data.segment_length"),
+    ("data.task=summarize", "data.task"),
+    ("curriculum.segments=[4,2]", "curriculum.segments"),
+])
+def test_impossible_settings_fail_at_start_naming_the_key(fast_cfg, override, message):
+    with pytest.raises(ValueError, match=message):
+        train(fast_cfg(override))
+
+
+def test_unknown_head_is_refused_by_name(background, tmp_path):
+    with pytest.raises(MissingConfigException, match="model"):
+        compose_train([*TINY_GPT2, *FAST, "model=transformer_xl", f"run_dir={tmp_path}"])
+
+
+def test_missing_resume_checkpoint_names_the_key(fast_cfg, tmp_path):
+    with pytest.raises(FileNotFoundError, match="ckpt_path"):
+        train(fast_cfg(f"ckpt_path={tmp_path}/nothing.ckpt"))
+
+
+def train_command(*overrides: str, multirun: bool = False) -> list[str]:
+    flags = ["--multirun"] if multirun else []
+    return [sys.executable, str(REPO / "train.py"), *flags, *TINY_GPT2, *FAST, *overrides]
+
+
+def run_cli(*overrides: str, multirun: bool = False) -> subprocess.CompletedProcess:
+    command = train_command(*overrides, multirun=multirun)
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def final_validation(run_dir: Path) -> dict[str, float]:
+    metrics = json.loads((run_dir / "summary.json").read_text())["metrics"]
+    return {name: value for name, value in metrics.items() if name.startswith("val/")}
+
+
+RESUMABLE = ["trainer.max_steps=12", "curriculum.max_steps_per_stage=3", "curriculum.segments=[1,2,3]"]
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_continues_and_matches_an_uninterrupted_run(background, tmp_path):
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    run_cli(f"data.background={background}", f"hydra.run.dir={straight}", *RESUMABLE)
+
+    process = subprocess.Popen(
+        train_command(f"data.background={background}", f"hydra.run.dir={killed}", *RESUMABLE),
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    last = killed / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 300
+    while not last.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    first = torch.load(last, weights_only=True)
+    assert first["global_step"] < 12, "the run was killed too late to test resuming"
+
+    result = run_cli(f"data.background={background}", f"hydra.run.dir={killed}", *RESUMABLE)
+    assert "Restoring states from the checkpoint path" in result.stdout + result.stderr
+    resumed = json.loads((killed / "summary.json").read_text())
+    assert resumed["global_step"] == 12
+    assert resumed["curriculum"] == json.loads((straight / "summary.json").read_text())["curriculum"]
+    assert final_validation(killed) == final_validation(straight)
+
+
+@pytest.mark.slow
+def test_two_process_cpu_ddp_run_completes(background, tmp_path):
+    result = run_cli(f"data.background={background}", f"hydra.run.dir={tmp_path}", "trainer=ddp_cpu")
+    assert "world_size: 2" in result.stdout + result.stderr or "Initializing distributed" in result.stderr
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["global_step"] == 6
+    assert set(summary["val_accuracy_by_segments"]) == {"1", "2"}
+
+
+@pytest.mark.slow
+def test_multirun_sweep_runs_each_job(background, tmp_path):
+    run_cli(f"data.background={background}", f"hydra.sweep.dir={tmp_path}", "model.num_mem_tokens=2,4", multirun=True)
+    summaries = sorted(tmp_path.glob("*/summary.json"))
+    assert len(summaries) == 2
+    memory_sizes = sorted(
+        torch.load(path.parent / "checkpoints" / "last.ckpt", weights_only=True)["hyper_parameters"]["model"][
+            "num_mem_tokens"
+        ]
+        for path in summaries
+    )
+    assert memory_sizes == [2, 4]
