@@ -41,6 +41,8 @@ def evaluate(cfg: DictConfig) -> dict[int, float]:
     if not Path(cfg.ckpt_path).is_file():
         raise FileNotFoundError(f"ckpt_path={cfg.ckpt_path}: no such checkpoint file")
     model = MemoryLM.load_from_checkpoint(cfg.ckpt_path, map_location="cpu")
+    if model.hparams.get("data") is None:
+        raise ValueError(f"ckpt_path={cfg.ckpt_path} holds no training data config; it was not written by train.py")
     data = OmegaConf.merge(model.hparams.data, cfg.data, {"batch_size": cfg.batch_size})
     datamodule = build_datamodule(data, model)
     counts = segment_counts(list(cfg.lengths), cfg.unit, datamodule.segment_length)

@@ -37,6 +37,7 @@ FAST = [
     "data.val_samples=8",
     "trainer.max_steps=6",
     "trainer.limit_train_batches=3",
+    "trainer.log_every_n_steps=1",
     "curriculum.segments=[1,2]",
     "optim.warmup_steps=0",
     "callbacks.progress_bar=null",

@@ -1,0 +1,90 @@
+"""The embedded default against the no-memory baseline: training time and accuracy by length.
+
+    python scripts/bench_default.py [--heads rmt baseline] [--lengths 1 2 4 8 16 32] [--out outputs/bench_default]
+
+Trains each head with the default config (`python train.py model=<head>`), then evaluates its last checkpoint on
+the test split at each length. Prints a table and writes bench_default.json (and each run's directory) under --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+import torch  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
+
+from memlm.evaluation import evaluate  # noqa: E402
+from memlm.training import train  # noqa: E402
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+def composed(config_name: str, overrides: list[str]):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name=config_name, overrides=overrides)
+
+
+def bench_head(head: str, lengths: list[int], samples: int, out: Path) -> dict:
+    run_dir = out / head
+    started = time.perf_counter()
+    metrics = train(composed("train", [f"model={head}", f"run_dir={run_dir}", "callbacks.progress_bar=null"]))
+    train_seconds = time.perf_counter() - started
+    summary = json.loads((run_dir / "summary.json").read_text())
+    test_accuracy = evaluate(composed("eval", [
+        f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}",
+        f"lengths=[{','.join(map(str, lengths))}]",
+        f"samples={samples}",
+        f"out_dir={run_dir / 'eval'}",
+        "accelerator=cpu",
+    ]))
+    return {
+        "head": head,
+        "train_seconds": round(train_seconds, 1),
+        "steps": summary["global_step"],
+        "curriculum": summary["curriculum"]["history"],
+        "val_accuracy_by_segments": {
+            key.removeprefix("val/accuracy_").removesuffix("seg"): value
+            for key, value in metrics.items() if key.startswith("val/accuracy_")
+        },
+        "test_accuracy_by_segments": test_accuracy,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--heads", nargs="+", default=["rmt", "baseline"])
+    parser.add_argument("--lengths", nargs="+", type=int, default=[1, 2, 4, 8, 16, 32])
+    parser.add_argument("--samples", type=int, default=200)
+    parser.add_argument("--out", type=Path, default=Path("outputs/bench_default"))
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    results = [bench_head(head, args.lengths, args.samples, args.out) for head in args.heads]
+    report = {
+        "machine": {"cpu_threads": torch.get_num_threads(), "cpus": os.cpu_count(), "python": platform.python_version(),
+                    "torch": torch.__version__},
+        "lengths_in_segments_of_32_tokens": args.lengths,
+        "results": results,
+    }
+    (args.out / "bench_default.json").write_text(json.dumps(report, indent=2))
+
+    header = f"| head | train time | steps | " + " | ".join(f"{n} seg" for n in args.lengths) + " |"
+    print(header)
+    print("|" + "---|" * (3 + len(args.lengths)))
+    for result in results:
+        accuracy = " | ".join(f"{result['test_accuracy_by_segments'][n]:.3f}" for n in args.lengths)
+        minutes, seconds = divmod(result["train_seconds"], 60)
+        print(f"| {result['head']} | {int(minutes)}m{seconds:04.1f}s | {result['steps']} | {accuracy} |")
+    print(f"\nwritten: {args.out / 'bench_default.json'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+"""eval.py's pure function: the same model and samples give the training run's validation figures; lengths,
+tables and plots."""
+
+import csv
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from memlm.evaluation import evaluate, segment_counts
+from memlm.training import train
+from tests.conftest import CONF
+
+
+def eval_cfg(*overrides: str):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name="eval", overrides=["accelerator=cpu", *overrides])
+
+
+@pytest.fixture
+def trained(fast_cfg, tmp_path):
+    metrics = train(fast_cfg())
+    return tmp_path / "checkpoints" / "last.ckpt", metrics
+
+
+def test_eval_on_the_validation_split_reproduces_training_validation(trained, tmp_path):
+    checkpoint, metrics = trained
+    accuracy = evaluate(eval_cfg(f"ckpt_path={checkpoint}", "lengths=[1,2]", "split=validation", "samples=8",
+                                 "batch_size=3", f"out_dir={tmp_path / 'eval'}"))
+    assert accuracy == pytest.approx({1: metrics["val/accuracy_1seg"], 2: metrics["val/accuracy_2seg"]})
+
+
+def test_eval_goes_beyond_the_trained_length_and_writes_table_and_plot(trained, tmp_path):
+    checkpoint, _ = trained
+    out = tmp_path / "eval"
+    accuracy = evaluate(eval_cfg(f"ckpt_path={checkpoint}", "lengths=[30,100]", "unit=tokens", "samples=4",
+                                 f"out_dir={out}"))
+    assert list(accuracy) == [2, 5]  # 24-token segments: 30 tokens need 2, 100 need 5
+    with (out / "accuracy_by_length.csv").open() as file:
+        rows = list(csv.DictReader(file))
+    assert [(row["segments"], row["tokens"], row["samples"]) for row in rows] == [("2", "48", "4"), ("5", "120", "4")]
+    assert all(0.0 <= float(row["accuracy"]) <= 1.0 for row in rows)
+    assert (out / "accuracy_by_length.png").stat().st_size > 1000
+
+
+def test_eval_overrides_the_training_task(trained, tmp_path):
+    checkpoint, _ = trained
+    accuracy = evaluate(eval_cfg(f"ckpt_path={checkpoint}", "lengths=[2]", "samples=4", "+data.task=detect",
+                                 f"out_dir={tmp_path / 'eval'}"))
+    assert set(accuracy) == {2}
+
+
+def test_token_lengths_round_up_to_whole_segments():
+    assert segment_counts([10, 24, 25, 100], "tokens", 24) == [1, 2, 5]
+    assert segment_counts([8, 1, 8], "segments", 24) == [1, 8]
+
+
+@pytest.mark.parametrize("lengths, unit", [([], "segments"), ([0, 4], "segments"), ([4], "bytes")])
+def test_bad_lengths_are_refused(lengths, unit):
+    with pytest.raises(ValueError, match="lengths|unit"):
+        segment_counts(lengths, unit, 32)
+
+
+def test_missing_checkpoint_names_the_key(tmp_path):
+    with pytest.raises(FileNotFoundError, match="ckpt_path"):
+        evaluate(eval_cfg(f"ckpt_path={tmp_path}/none.ckpt", f"out_dir={tmp_path}"))
