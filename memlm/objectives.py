@@ -54,11 +54,6 @@ class GenerativeAnswer(nn.Module):
         return F.cross_entropy(logits, targets, reduction="sum") / tally.num_targets
 
 
-def objective_for(backbone: Backbone, num_classes: int) -> nn.Module:
-    """Decoders answer in words, encoders pick a class."""
-    return GenerativeAnswer() if backbone.is_decoder else Classification(backbone.hidden_size, num_classes)
-
-
 class Classification(nn.Module):
     """A linear classifier over the last segment's summary; `class_label` holds the answer's index."""
 
@@ -77,3 +72,8 @@ class Classification(nn.Module):
         targets = batch["class_label"]
         tally.errors += (logits.argmax(-1) != targets).long()
         return F.cross_entropy(logits, targets, reduction="sum") / tally.num_targets
+
+
+def objective_for(backbone: Backbone, num_classes: int) -> nn.Module:
+    """Decoders answer in words, encoders pick a class."""
+    return GenerativeAnswer() if backbone.is_decoder else Classification(backbone.hidden_size, num_classes)

@@ -26,6 +26,8 @@ def plot_accuracy(
         ax.axvline(trained_up_to, linestyle="--", color="grey", label=f"trained up to {trained_up_to}")
         ax.legend()
     ax.set_xscale("log", base=2)
+    ax.set_xticks(lengths, [str(n) for n in lengths])
+    ax.minorticks_off()
     ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("accuracy")

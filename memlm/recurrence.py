@@ -75,16 +75,17 @@ class Recurrence:
                 out = head(ids, mask, state)
             loss = segment_loss(k, out)
             state = out.state
-            if k < start:
-                state = detach_state(state)
-                if loss is not None and backward is not None:
+            if k >= start:
+                if loss is not None:
+                    window_loss = loss if window_loss is None else window_loss + loss
+                continue
+            # Before the window nothing flows back into this segment from later ones: its graph can go now.
+            state = detach_state(state)
+            if loss is not None:
+                if backward is not None:
                     backward(loss)
                     loss = loss.detach()
-            if loss is not None:
-                if k < start:
-                    total = total + loss
-                else:
-                    window_loss = loss if window_loss is None else window_loss + loss
+                total = total + loss
         if window_loss is not None:
             if backward is not None:
                 backward(window_loss)

@@ -21,6 +21,29 @@ WORDS = (
     "with bread for the children who waited by the river while the clouds moved slowly over the fields"
 ).split()
 
+# Copied in the official layout: ids restart per story, question lines carry "\t<answer>\t<supporting ids>".
+QA1 = """1 Mary moved to the bathroom.
+2 John went to the hallway.
+3 Where is Mary? \tbathroom\t1
+4 Daniel went back to the hallway.
+5 Sandra moved to the garden.
+6 Where is Daniel? \thallway\t4
+7 John moved to the office.
+8 Sandra journeyed to the bathroom.
+9 Where is Sandra? \tbathroom\t8
+1 Sandra travelled to the office.
+2 Sandra went to the bathroom.
+3 Where is Sandra? \tbathroom\t2
+"""
+
+QA4 = """1 The office is north of the kitchen.
+2 The garden is south of the kitchen.
+3 What is north of the kitchen?\toffice\t1
+1 The kitchen is west of the garden.
+2 The hallway is west of the kitchen.
+3 What is the garden east of?\tkitchen\t1
+"""
+
 # Small and quick: a one-layer model, short segments, a few steps. Enough to exercise every code path.
 TINY_GPT2 = ["backbone.tiny.n_layer=1", "backbone.tiny.n_embd=32", "backbone.tiny.n_head=2"]
 TINY_BERT = [

@@ -133,3 +133,14 @@ def test_multirun_sweep_runs_each_job(background, tmp_path):
         for path in summaries
     )
     assert memory_sizes == [2, 4]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("overrides, pattern", [
+    (["logger=wandb", "logger.wandb.offline=true"], "wandb/offline-run-*/run-*.wandb"),
+    (["logger=tensorboard"], "tensorboard/version_0/events.out.tfevents.*"),
+])
+def test_other_loggers_write_their_runs(fast_cfg, tmp_path, monkeypatch, overrides, pattern):
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    train(fast_cfg(*overrides))
+    assert len(list(tmp_path.glob(pattern))) == 1

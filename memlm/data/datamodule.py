@@ -46,6 +46,9 @@ class SeededSamples(Dataset):
         return self.count
 
     def __getitem__(self, index: int):
+        # Any index would make a sample; refusing those past the end keeps plain iteration finite.
+        if not 0 <= index < self.count:
+            raise IndexError(f"sample {index} of {self.count}")
         return self.builder.build(random.Random(f"{self.seed}/{index}"), self.num_segments)
 
 

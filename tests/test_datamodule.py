@@ -1,0 +1,73 @@
+"""The fact-task DataModule: streams are reproducible, distinct per worker, rank and epoch; official bAbI files
+supply the facts; validation sets are fixed."""
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from memlm.backbones import load_tokenizer
+from memlm.data.babi import read_babi, stories_from_babi
+from memlm.data.datamodule import FactTaskDataModule, SampleStream
+from tests.conftest import QA1
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return load_tokenizer("gpt2-tokenizer")
+
+
+def datamodule(tokenizer, background, **kwargs) -> FactTaskDataModule:
+    module = FactTaskDataModule(tokenizer, "generate", background=str(background), segment_length=24,
+                                batch_size=2, val_segments=[1, 2], val_samples=4, **kwargs)
+    module.trainer = SimpleNamespace(global_rank=0, current_epoch=0)
+    return module
+
+
+def first_batch(loader: DataLoader) -> torch.Tensor:
+    return next(iter(loader))["input_ids"]
+
+
+def test_training_stream_repeats_for_a_seed_and_changes_with_epoch_and_rank(tokenizer, background):
+    module = datamodule(tokenizer, background)
+    module.num_segments = 2
+    first = first_batch(module.train_dataloader())
+    assert first.shape == (2, 2, 24)
+    assert torch.equal(first, first_batch(module.train_dataloader()))
+    module.trainer.current_epoch = 1
+    next_epoch = first_batch(module.train_dataloader())
+    module.trainer.current_epoch, module.trainer.global_rank = 0, 1
+    other_rank = first_batch(module.train_dataloader())
+    assert not torch.equal(first, next_epoch)
+    assert not torch.equal(first, other_rank)
+
+
+def test_each_worker_draws_its_own_samples(tokenizer, background):
+    stream = SampleStream(datamodule(tokenizer, background).builder("train"), num_segments=1, seed="s")
+    batches = iter(DataLoader(stream, batch_size=1, num_workers=2))
+    # DataLoader takes batches from its workers in turn: the first two come from workers 0 and 1.
+    assert not torch.equal(next(batches)["input_ids"], next(batches)["input_ids"])
+
+
+def test_validation_sets_are_fixed_per_segment_count(tokenizer, background):
+    module = datamodule(tokenizer, background)
+    loaders = module.val_dataloader()
+    assert [first_batch(loader).shape[1] for loader in loaders] == [1, 2]
+    assert torch.equal(first_batch(loaders[1]), first_batch(module.val_dataloader()[1]))
+
+
+def test_official_babi_file_supplies_the_facts(tokenizer, background, tmp_path):
+    babi = tmp_path / "qa1_single-supporting-fact_train.txt"
+    babi.write_text(QA1)
+    module = datamodule(tokenizer, background, babi_file=str(babi))
+    stories = stories_from_babi(read_babi(babi), "memorize")
+    expected = {(f" {story.facts[0]}", f" {story.question} {story.answer}<|endoftext|>") for story in stories}
+    seen = set()
+    for sample in module.samples("train", 1, 16):
+        text = tokenizer.decode(sample["input_ids"].flatten())
+        seen |= {(fact, end) for fact, end in expected if text.startswith(fact) and text.endswith(end)}
+    assert seen == expected
+
+
+def test_a_fixed_set_iterates_to_its_length(tokenizer, background):
+    assert len(list(datamodule(tokenizer, background).samples("validation", 1, 5))) == 5
