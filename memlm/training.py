@@ -52,6 +52,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
     model = build_model(cfg)
     datamodule = build_datamodule(cfg.data, model)
     curriculum = SegmentCurriculum(datamodule, **cfg.curriculum)
+    unvalidated = sorted(set(curriculum.segments) - set(datamodule.val_segments))
+    if unvalidated:
+        raise ValueError(
+            f"data.val_segments={datamodule.val_segments} lacks {unvalidated}: the curriculum decides on validation "
+            "accuracy at every count in curriculum.segments, so validate at all of them"
+        )
     # A component set to null on the command line (callbacks.progress_bar=null) is switched off.
     callbacks = [instantiate(callback) for callback in cfg.callbacks.values() if callback is not None]
     loggers = [instantiate(logger) for logger in cfg.logger.values() if logger is not None]

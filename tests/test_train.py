@@ -50,6 +50,7 @@ def test_encoder_backbone_trains_as_a_classifier(fast_cfg):
     ("data.segment_length=600", "data.segment_length"),
     ("data.task=summarize", "data.task"),
     ("curriculum.segments=[4,2]", "curriculum.segments"),
+    ("data.val_segments=[1]", "data.val_segments"),
 ])
 def test_impossible_settings_fail_at_start_naming_the_key(fast_cfg, override, message):
     with pytest.raises(ValueError, match=message):
