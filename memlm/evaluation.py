@@ -40,10 +40,13 @@ def evaluate(cfg: DictConfig) -> dict[int, float]:
     """Accuracy by segment count; writes accuracy_by_length.csv and accuracy_by_length.png into cfg.out_dir."""
     if not Path(cfg.ckpt_path).is_file():
         raise FileNotFoundError(f"ckpt_path={cfg.ckpt_path}: no such checkpoint file")
-    model = MemoryLM.load_from_checkpoint(cfg.ckpt_path, map_location="cpu")
-    if model.hparams.get("data") is None:
+    checkpoint = torch.load(cfg.ckpt_path, map_location="cpu", weights_only=True)
+    hparams = checkpoint.get("hyper_parameters", {})
+    if hparams.get("data") is None:
         raise ValueError(f"ckpt_path={cfg.ckpt_path} holds no training data config; it was not written by train.py")
-    data = OmegaConf.merge(model.hparams.data, cfg.data, {"batch_size": cfg.batch_size})
+    model = MemoryLM(**hparams)
+    model.load_state_dict(checkpoint["state_dict"])
+    data = OmegaConf.merge(hparams["data"], cfg.data, {"batch_size": cfg.batch_size})
     datamodule = build_datamodule(data, model)
     counts = segment_counts(list(cfg.lengths), cfg.unit, datamodule.segment_length)
     loaders = [datamodule.loader(datamodule.samples(cfg.split, n, cfg.samples)) for n in counts]
@@ -52,14 +55,13 @@ def evaluate(cfg: DictConfig) -> dict[int, float]:
     )
     results = trainer.validate(model, dataloaders=loaders, verbose=False)
     accuracy = {n: results[i][f"val/accuracy_{n}seg"] for i, n in enumerate(counts)}
-    write_report(Path(cfg.out_dir), accuracy, datamodule.segment_length, trained_segment_count(cfg.ckpt_path), cfg)
+    write_report(Path(cfg.out_dir), accuracy, datamodule.segment_length, trained_segment_count(checkpoint), cfg)
     return accuracy
 
 
-def trained_segment_count(ckpt_path: str) -> int | None:
+def trained_segment_count(checkpoint: dict) -> int | None:
     """The longest segment count the checkpoint's curriculum had reached, if it used one."""
-    callbacks = torch.load(ckpt_path, map_location="cpu", weights_only=True).get("callbacks", {})
-    state = callbacks.get(SegmentCurriculum.__qualname__)
+    state = checkpoint.get("callbacks", {}).get(SegmentCurriculum.__qualname__)
     return state["segments"][state["stage"]] if state else None
 
 

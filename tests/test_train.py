@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra.errors import MissingConfigException
+from hydra.errors import InstantiationException, MissingConfigException
 
 from memlm.module import MemoryLM
 from memlm.training import train
@@ -62,9 +62,11 @@ def test_unknown_head_is_refused_by_name(background, tmp_path):
         compose_train([*TINY_GPT2, *FAST, "model=transformer_xl", f"run_dir={tmp_path}"])
 
 
-def test_missing_resume_checkpoint_names_the_key(fast_cfg, tmp_path):
-    with pytest.raises(FileNotFoundError, match="ckpt_path"):
-        train(fast_cfg(f"ckpt_path={tmp_path}/nothing.ckpt"))
+@pytest.mark.parametrize("key", ["ckpt_path", "data.babi_file", "data.background"])
+def test_missing_files_name_the_key_or_file(fast_cfg, tmp_path, key):
+    # Errors raised inside a Hydra-instantiated constructor reach the user wrapped, message intact.
+    with pytest.raises((FileNotFoundError, InstantiationException), match=f"{key}|nothing.txt"):
+        train(fast_cfg(f"{key}={tmp_path}/nothing.txt"))
 
 
 def train_command(*overrides: str, multirun: bool = False) -> list[str]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from pathlib import Path
 
 import lightning as L
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
@@ -76,7 +77,13 @@ class FactTaskDataModule(L.LightningDataModule):
         self.answer_format = answer_format
         self.task = task
         self.background = background
-        self.babi_file = babi_file
+        if babi_file is not None and not Path(babi_file).is_file():
+            raise FileNotFoundError(
+                f"data.babi_file={babi_file}: no such file; give an official bAbI file "
+                "(tasks_1-20_v1-2/en-10k/qa1_single-supporting-fact_train.txt, say) or null for generated facts"
+            )
+        # Parsed here so that a malformed file fails at start, and once for all splits.
+        self.stories = stories_from_babi(read_babi(babi_file), task) if babi_file is not None else None
         self.segment_length = segment_length
         self.batch_size = batch_size
         self.val_segments = sorted(set(val_segments))
@@ -89,13 +96,10 @@ class FactTaskDataModule(L.LightningDataModule):
     def builder(self, split: str) -> SampleBuilder:
         """The sample builder over `split`'s background text, made once."""
         if split not in self.builders:
-            stories = None
-            if self.babi_file is not None:
-                stories = stories_from_babi(read_babi(self.babi_file), self.task)
             documents = load_documents(self.background, split)
             pool = SentencePool(documents, lambda texts: self.tokenizer(texts, add_special_tokens=False)["input_ids"])
             self.builders[split] = SampleBuilder(
-                self.task, pool, self.tokenizer, self.segment_length, self.answer_format, stories
+                self.task, pool, self.tokenizer, self.segment_length, self.answer_format, self.stories
             )
         return self.builders[split]
 
