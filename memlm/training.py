@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import lightning as L
+import torch
 from hydra.utils import get_class, instantiate
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
@@ -26,6 +27,19 @@ def build_model(cfg: DictConfig) -> MemoryLM:
         num_classes=len(get_class(cfg.data._target_).answer_classes),
         data=plain["data"],
     )
+
+
+def load_initial_weights(model: MemoryLM, path: str) -> None:
+    """Start from a checkpoint's model weights only: a new run with its own optimiser, step and curriculum."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"init_weights={path}: no such checkpoint file")
+    state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(
+            f"init_weights={path} does not match this model (missing {missing[:5]}, unexpected {unexpected[:5]}): "
+            "use a checkpoint of the same backbone and head"
+        )
 
 
 def build_datamodule(data: DictConfig | dict, model: MemoryLM) -> L.LightningDataModule:
@@ -49,7 +63,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """Train as `cfg` says and return the final validation metrics."""
     L.seed_everything(cfg.seed, workers=True)
     run_dir = Path(cfg.run_dir)
+    init_weights = cfg.init_weights  # read first: a missing mandatory value (hmt_stage2's stage1_checkpoint) fails at once
     model = build_model(cfg)
+    if init_weights is not None:
+        load_initial_weights(model, init_weights)
     datamodule = build_datamodule(cfg.data, model)
     curriculum = SegmentCurriculum(datamodule, **cfg.curriculum)
     unvalidated = sorted(set(curriculum.segments) - set(datamodule.val_segments))

@@ -53,8 +53,8 @@ TINY_BERT = [
     "backbone.tiny.num_attention_heads=2",
     "backbone.tiny.intermediate_size=64",
 ]
+SMALL_RMT = ["model.num_mem_tokens=2"]
 FAST = [
-    "model.num_mem_tokens=2",
     "data.segment_length=24",
     "data.batch_size=4",
     "data.val_samples=8",
@@ -92,7 +92,9 @@ def compose_train(overrides: list[str]) -> DictConfig:
 def fast_cfg(tmp_path, background):
     """A composed training config for a quick run in tmp_path; extra overrides come last and win."""
 
-    def make(*overrides: str, backbone: list[str] = TINY_GPT2) -> DictConfig:
-        return compose_train([*backbone, *FAST, f"data.background={background}", f"run_dir={tmp_path}", *overrides])
+    def make(*overrides: str, backbone: list[str] = TINY_GPT2, head: list[str] = SMALL_RMT) -> DictConfig:
+        return compose_train(
+            [*backbone, *head, *FAST, f"data.background={background}", f"run_dir={tmp_path}", *overrides]
+        )
 
     return make

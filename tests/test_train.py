@@ -13,8 +13,8 @@ import torch
 from hydra.errors import InstantiationException, MissingConfigException
 
 from memlm.module import MemoryLM
-from memlm.training import train
-from tests.conftest import FAST, REPO, TINY_BERT, TINY_GPT2, compose_train
+from memlm.training import build_model, load_initial_weights, train
+from tests.conftest import FAST, REPO, SMALL_RMT, TINY_BERT, TINY_GPT2, compose_train
 
 
 def test_quick_run_reports_accuracy_per_segment_count(fast_cfg, tmp_path):
@@ -26,6 +26,15 @@ def test_quick_run_reports_accuracy_per_segment_count(fast_cfg, tmp_path):
     assert set(summary["val_accuracy_by_segments"]) == {"1", "2"}
     assert (tmp_path / "accuracy.png").stat().st_size > 1000
     assert list((tmp_path / "csv").glob("version_*/metrics.csv"))
+
+
+@pytest.mark.parametrize("head", [
+    ["model=baseline"],
+    ["model=hmt", "model.sensory_tokens=4", "model.summary_tokens=8", "model.cache_size=4"],
+])
+def test_every_head_trains_through_the_same_loop(fast_cfg, head):
+    metrics = train(fast_cfg(head=head))
+    assert 0.0 <= metrics["val/accuracy_2seg"] <= 1.0 and metrics["val/loss_2seg"] > 0
 
 
 def test_checkpoint_loads_with_weights_only_and_rebuilds_the_model(fast_cfg, tmp_path):
@@ -71,7 +80,7 @@ def test_missing_files_name_the_key_or_file(fast_cfg, tmp_path, key):
 
 def train_command(*overrides: str, multirun: bool = False) -> list[str]:
     flags = ["--multirun"] if multirun else []
-    return [sys.executable, str(REPO / "train.py"), *flags, *TINY_GPT2, *FAST, *overrides]
+    return [sys.executable, str(REPO / "train.py"), *flags, *TINY_GPT2, *SMALL_RMT, *FAST, *overrides]
 
 
 def run_cli(*overrides: str, multirun: bool = False) -> subprocess.CompletedProcess:
@@ -147,3 +156,29 @@ def test_other_loggers_write_their_runs(fast_cfg, tmp_path, monkeypatch, overrid
     monkeypatch.setenv("WANDB_SILENT", "true")
     train(fast_cfg(*overrides))
     assert len(list(tmp_path.glob(pattern))) == 1
+
+
+HMT_SMALL = ["model.sensory_tokens=4", "model.summary_tokens=8", "model.cache_size=4"]
+
+
+def test_hmt_stage2_starts_from_stage1_weights_with_a_fresh_run(fast_cfg, tmp_path):
+    train(fast_cfg("experiment=hmt_stage1", head=HMT_SMALL))
+    stage1 = tmp_path / "checkpoints" / "last.ckpt"
+    stage2 = fast_cfg("experiment=hmt_stage2", f"stage1_checkpoint={stage1}", f"run_dir={tmp_path / 'stage2'}",
+                      head=HMT_SMALL)
+    assert stage2.model.memory_search and not compose_train(["experiment=hmt_stage1"]).model.memory_search
+    model = build_model(stage2)
+    load_initial_weights(model, stage2.init_weights)
+    saved = torch.load(stage1, weights_only=True)["state_dict"]
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(value, saved[name])
+    train(stage2)
+    # A new run: its own step count and curriculum, not a resume of stage 1.
+    assert json.loads((tmp_path / "stage2" / "summary.json").read_text())["global_step"] == 6
+
+
+def test_initial_weights_from_another_head_are_refused(fast_cfg, tmp_path):
+    train(fast_cfg())
+    with pytest.raises(ValueError, match="init_weights.*does not match"):
+        train(fast_cfg(f"init_weights={tmp_path / 'checkpoints' / 'last.ckpt'}", f"run_dir={tmp_path / 'hmt'}",
+                       head=["model=hmt", *HMT_SMALL]))

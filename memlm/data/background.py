@@ -1,4 +1,8 @@
-"""Background (noise) text in which facts are hidden: document sources, a sentence splitter, a token pool."""
+"""Background (noise) text in which facts are hidden: document sources, a sentence splitter, a token pool.
+
+Sources: QuALITY articles (the RMT paper's noise), PG-19 books (BABILong's), WikiText-103 articles, the embedded
+Jane Austen novels, or any folder of .txt files; PG-19 and WikiText-103 are read by `memlm.data.corpora`.
+"""
 
 import itertools
 import json
@@ -9,10 +13,16 @@ from pathlib import Path
 
 import numpy as np
 
+from memlm.data.corpora import Document, pg19, read_utf8, wikitext103
+
 EncodeBatch = Callable[[list[str]], list[list[int]]]
 
 QUALITY_HUB = ("tau/scrolls", "quality")
-SPLITS = ("train", "validation", "test")
+# Background noise is drawn from a pool of sentences: 200 books, about 14M words, are more than any run draws, and
+# streaming stops there instead of reading PG-19's 11 GB.
+PG19_HUB_BOOKS = 200
+# The same budget in WikiText-103 articles (about 3,600 words each) instead of tokenizing all 100M words at start.
+WIKITEXT_HUB_ARTICLES = 4000
 # QuALITY's release names its jsonl files "QuALITY.v1.0.1.htmlstripped.{train,dev,test}".
 _JSONL_SUFFIXES = (".jsonl", ".json", ".train", ".dev", ".test")
 
@@ -108,32 +118,43 @@ def _batches(items: Iterable[str], size: int) -> Iterator[list[str]]:
 def load_documents(source: str, split: str) -> list[str]:
     """Background documents of `split` from `source`.
 
-    `source` is "quality" (SCROLLS' QuALITY on the hub), "embedded" (the Jane Austen novels of `memlm.assets`), a
-    QuALITY jsonl file, or a folder of .txt files; a folder with a `split` subfolder (PG-19's layout) gives that
-    subfolder. A single file is used whole, whatever the split.
+    `source` is "quality" (SCROLLS' QuALITY on the hub), "pg19" (the first PG19_HUB_BOOKS books of PG-19 on the
+    hub), "wikitext103" (the first WIKITEXT_HUB_ARTICLES articles of WikiText-103 on the hub), "embedded" (the Jane Austen novels of `memlm.assets`), a QuALITY
+    jsonl file, a folder of WikiText-103's `wiki.*.raw` files, or a folder of .txt files. A folder with a `split`
+    subfolder is read as PG-19's layout (`memlm.data.corpora.pg19`); any other folder, or a single file, is used
+    whole, whatever the split.
     """
     if source == "quality":
         return quality_hub(split)
+    if source == "pg19":
+        return _texts(pg19("hub", split, limit=PG19_HUB_BOOKS))
+    if source == "wikitext103":
+        return _texts(wikitext103("hub", split, limit=WIKITEXT_HUB_ARTICLES))
     if source == "embedded":
-        return text_folder(_embedded_folder(split))
+        return _texts(pg19("embedded", split))
     path = Path(source).expanduser()
     if path.is_dir():
-        return text_folder(path / split if (path / split).is_dir() else path)
+        return _folder_documents(path, split)
     if path.is_file() and path.suffix in _JSONL_SUFFIXES:
         return quality_jsonl(path)
     if path.is_file():
         raise ValueError(f"{path}: unsupported background file; give a QuALITY jsonl file "
                          f"({', '.join(_JSONL_SUFFIXES)}) or a folder of .txt files")
-    raise FileNotFoundError(f"background source {source!r} is not 'quality', 'embedded' or an existing path; "
-                            "give one of those, a QuALITY .jsonl file, or a folder of .txt files")
+    raise FileNotFoundError(f"background source {source!r} is not 'quality', 'embedded', 'pg19', 'wikitext103' or "
+                            "an existing path; give one of those, a QuALITY .jsonl file, a folder of WikiText-103's "
+                            "wiki.*.raw files, or a folder of .txt files")
 
 
-def _embedded_folder(split: str) -> Path:
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r} for the embedded books; expected one of {SPLITS}")
-    from memlm.assets import austen_books  # prepares files on first use: only when asked for
+def _folder_documents(folder: Path, split: str) -> list[str]:
+    if any(folder.glob("wiki.*.raw")):
+        return _texts(wikitext103(str(folder), split))
+    if (folder / split).is_dir():
+        return _texts(pg19(str(folder), split))
+    return text_folder(folder)
 
-    return Path(austen_books()) / split
+
+def _texts(documents: Iterable[Document]) -> list[str]:
+    return [document.text for document in documents]
 
 
 def quality_hub(split: str) -> list[str]:
@@ -166,7 +187,7 @@ def quality_jsonl(path: str | Path) -> list[str]:
         raise FileNotFoundError(f"QuALITY file {file} does not exist; give the path of a QuALITY .jsonl file")
     articles = [
         _article(line, f"{file}:{line_number}")
-        for line_number, line in enumerate(_read_utf8(file).splitlines(), start=1)
+        for line_number, line in enumerate(read_utf8(file).splitlines(), start=1)
         if line.strip()
     ]
     return _require_documents(_unique(articles), str(file))
@@ -191,16 +212,7 @@ def text_folder(path: str | Path) -> list[str]:
     files = sorted(folder.rglob("*.txt"))
     if not files:
         raise ValueError(f"no .txt files under {folder}; put one UTF-8 .txt file per book there")
-    return _require_documents([_read_utf8(file) for file in files], str(folder))
-
-
-def _read_utf8(file: Path) -> str:
-    try:
-        # utf-8-sig drops the byte-order mark that some Gutenberg files start with.
-        return file.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as error:
-        raise ValueError(f"{file} is not UTF-8 (byte {error.start}: {error.reason}); "
-                         "re-encode it, e.g. `iconv -f latin1 -t utf-8`") from error
+    return _require_documents([read_utf8(file) for file in files], str(folder))
 
 
 def _unique(documents: Iterable[str]) -> list[str]:

@@ -8,7 +8,7 @@ detach it at the truncation point without knowing its shape.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -27,10 +27,15 @@ class SegmentOutput:
     """One vector per sample for classification, (batch, hidden): CLS for encoders, the last token for decoders."""
     state: MemoryState
     """The memory handed to the next segment."""
+    diagnostics: dict = field(default_factory=dict)
+    """Head-specific statistics for callbacks and plots (HMT: its retrieval weights over the cache)."""
 
 
 class MemoryHead(nn.Module):
     """Base class: holds the backbone; subclasses add memory parameters and the segment layout."""
+
+    size_key = "the memory size under model.*"
+    """The config key that sets the positions a head adds, named when they do not fit."""
 
     def __init__(self, backbone: Backbone):
         super().__init__()
@@ -55,7 +60,7 @@ class MemoryHead(nn.Module):
             raise ValueError(
                 f"data.segment_length={segment_length} plus {self.extra_positions()} positions for "
                 f"{type(self).__name__}'s memory/special tokens needs {needed} positions, but the backbone has "
-                f"{self.backbone.max_positions}: lower data.segment_length or model.num_mem_tokens"
+                f"{self.backbone.max_positions}: lower data.segment_length or {self.size_key}"
             )
 
 

@@ -20,6 +20,8 @@ from memlm.memory.base import MemoryHead, MemoryState, SegmentOutput, frame_for_
 
 
 class RMT(MemoryHead):
+    size_key = "model.num_mem_tokens"
+
     def __init__(self, backbone: Backbone, num_mem_tokens: int = 10):
         super().__init__(backbone)
         if num_mem_tokens < 1:
