@@ -14,11 +14,10 @@ import math
 from pathlib import Path
 
 import lightning as L
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from memlm.curriculum import SegmentCurriculum
-from memlm.module import MemoryLM
+from memlm.module import load_checkpoint
 from memlm.plots import plot_accuracy
 from memlm.training import build_datamodule
 
@@ -38,15 +37,8 @@ def segment_counts(lengths: list[int], unit: str, segment_length: int) -> list[i
 
 def evaluate(cfg: DictConfig) -> dict[int, float]:
     """Accuracy by segment count; writes accuracy_by_length.csv and accuracy_by_length.png into cfg.out_dir."""
-    if not Path(cfg.ckpt_path).is_file():
-        raise FileNotFoundError(f"ckpt_path={cfg.ckpt_path}: no such checkpoint file")
-    checkpoint = torch.load(cfg.ckpt_path, map_location="cpu", weights_only=True)
-    hparams = checkpoint.get("hyper_parameters", {})
-    if hparams.get("data") is None:
-        raise ValueError(f"ckpt_path={cfg.ckpt_path} holds no training data config; it was not written by train.py")
-    model = MemoryLM(**hparams)
-    model.load_state_dict(checkpoint["state_dict"])
-    data = OmegaConf.merge(hparams["data"], cfg.data, {"batch_size": cfg.batch_size})
+    model, checkpoint = load_checkpoint(cfg.ckpt_path)
+    data = OmegaConf.merge(model.hparams.data, cfg.data, {"batch_size": cfg.batch_size})
     datamodule = build_datamodule(data, model)
     counts = segment_counts(list(cfg.lengths), cfg.unit, datamodule.segment_length)
     loaders = [datamodule.loader(datamodule.samples(cfg.split, n, cfg.samples)) for n in counts]

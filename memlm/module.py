@@ -10,6 +10,8 @@ rebuilds its model with `MemoryLM.load_from_checkpoint(path)` and opens with `to
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import lightning as L
 import torch
 from hydra.utils import instantiate
@@ -88,3 +90,16 @@ class MemoryLM(L.LightningModule):
             num_training_steps=max(self.trainer.max_steps, 1),
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def load_checkpoint(path: str) -> tuple[MemoryLM, dict]:
+    """The model a checkpoint file holds, rebuilt from its hyper-parameters, and the checkpoint (read once)."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"ckpt_path={path}: no such checkpoint file")
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    hparams = checkpoint.get("hyper_parameters", {})
+    if hparams.get("data") is None:
+        raise ValueError(f"ckpt_path={path} holds no training data config; it was not written by train.py")
+    model = MemoryLM(**hparams)
+    model.load_state_dict(checkpoint["state_dict"])
+    return model, checkpoint

@@ -1,0 +1,104 @@
+"""Generation with memory: greedy output is what the segment recurrence predicts, across segment boundaries."""
+
+import pytest
+import torch
+
+from memlm.backbones import load_backbone
+from memlm.generation import Sampling, generate
+from memlm.memory import HMT, RMT, Baseline
+
+SEGMENT = 6
+
+
+@pytest.fixture(scope="module")
+def backbone():
+    torch.manual_seed(0)
+    size = {"model_type": "gpt2", "n_layer": 2, "n_embd": 32, "n_head": 2, "n_positions": 64}
+    return load_backbone(kind="causal", tokenizer="gpt2-tokenizer", tiny=size)
+
+
+HEADS = {
+    "rmt": lambda backbone: RMT(backbone, num_mem_tokens=2),
+    "hmt": lambda backbone: HMT(backbone, sensory_tokens=2, summary_tokens=3, cache_size=4),
+    "baseline": Baseline,
+}
+
+
+def teacher_forced_argmax(head, ids: torch.Tensor) -> torch.Tensor:
+    """The argmax next token after every position of `ids`, read segment by segment with memory."""
+    state, predictions = head.initial_state(ids.shape[0]), []
+    for start in range(0, ids.shape[1], SEGMENT):
+        segment = ids[:, start : start + SEGMENT]
+        out = head(segment, torch.ones_like(segment), state)
+        predictions.append(head.backbone.logits(out.token_states).argmax(-1))
+        state = out.state
+    return torch.cat(predictions, dim=1)
+
+
+@pytest.mark.parametrize("name", list(HEADS))
+@pytest.mark.parametrize("prompt_length", [1, 5, 6, 7, 13])
+def test_greedy_generation_follows_the_segment_recurrence(backbone, name, prompt_length):
+    torch.manual_seed(3)
+    head = HEADS[name](backbone).eval()
+    prompt = torch.randint(1000, 20000, (2, prompt_length), generator=torch.Generator().manual_seed(4))
+    new = generate(head, prompt, SEGMENT, Sampling(max_new_tokens=10, stop_at_eos=False))
+    assert new.shape == (2, 10)
+    # Generated text crosses at least one segment boundary; each token must be the recurrence's own prediction.
+    predicted = teacher_forced_argmax(head, torch.cat([prompt, new], dim=1))
+    assert torch.equal(new, predicted[:, prompt_length - 1 : -1])
+
+
+def test_sampling_is_reproducible_and_top_k_one_is_greedy(backbone):
+    head = RMT(backbone, num_mem_tokens=2).eval()
+    prompt = torch.randint(1000, 20000, (3, 8), generator=torch.Generator().manual_seed(5))
+    options = Sampling(max_new_tokens=8, do_sample=True, temperature=0.8, top_p=0.9, stop_at_eos=False)
+    first = generate(head, prompt, SEGMENT, options, torch.Generator().manual_seed(0))
+    again = generate(head, prompt, SEGMENT, options, torch.Generator().manual_seed(0))
+    assert torch.equal(first, again)
+    top1 = Sampling(max_new_tokens=8, do_sample=True, top_k=1, stop_at_eos=False)
+    greedy = Sampling(max_new_tokens=8, stop_at_eos=False)
+    assert torch.equal(generate(head, prompt, SEGMENT, top1, torch.Generator().manual_seed(1)),
+                       generate(head, prompt, SEGMENT, greedy))
+
+
+def test_finished_samples_hold_end_of_text(backbone, monkeypatch):
+    head = RMT(backbone, num_mem_tokens=2).eval()
+    eos = backbone.tokenizer.eos_token_id
+    calls = iter(range(100))
+
+    def end_sample_zero_on_the_second_token(hidden):
+        logits = torch.zeros(hidden.shape[0], len(backbone.tokenizer))
+        logits[:, 7] = 1.0
+        if next(calls) >= 1:
+            logits[0, eos] = 2.0
+        return logits
+
+    monkeypatch.setattr(backbone, "logits", end_sample_zero_on_the_second_token)
+    new = generate(head, torch.ones(2, 3, dtype=torch.long), SEGMENT, Sampling(max_new_tokens=4))
+    assert new[0].tolist() == [7, eos, eos, eos]
+    assert new[1].tolist() == [7, 7, 7, 7]
+
+
+@pytest.mark.parametrize("options", [{"max_new_tokens": 0}, {"temperature": 0.0}, {"top_p": 1.5}])
+def test_bad_sampling_options_are_refused(options):
+    with pytest.raises(ValueError):
+        Sampling(**options)
+
+
+def test_generate_script_continues_a_prompt_from_a_checkpoint(fast_cfg, tmp_path, capsys):
+    import importlib.util
+
+    from memlm.training import train
+    from tests.conftest import REPO
+
+    train(fast_cfg())
+    capsys.readouterr()  # drop the training run's output
+    spec = importlib.util.spec_from_file_location("generate_script", REPO / "scripts" / "generate.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    prompt = " Mary went to the kitchen. " + "The baker walked down the lane. " * 12 + "Where is Mary?"
+    continuation = script.main([str(tmp_path / "checkpoints" / "last.ckpt"), "--prompt", prompt,
+                                "--max-new-tokens", "5", "--no-stop"])
+    captured = capsys.readouterr()
+    assert "read as 4 segment(s) of 24" in captured.err
+    assert continuation and captured.out.strip() == continuation.strip()
