@@ -35,3 +35,27 @@ def test_rmt_trains_on_a_pretrained_backbone(tmp_path, backbone):
     assert not torch.equal(before, model.head.memory.detach())
     # And the whole training entry point runs one step on it.
     assert 0.0 <= train(cfg)["val/accuracy_2seg"] <= 1.0
+
+
+@pytest.mark.slow
+def test_hmt_on_smollm2_runs_forward_backward_and_generates(tmp_path):
+    from memlm.generation import Sampling, generate
+
+    cfg = compose_train([
+        "backbone=smollm2", "model=hmt", "model.sensory_tokens=4", "model.summary_tokens=8", f"run_dir={tmp_path}",
+        "data.batch_size=2", "data.segment_length=32",
+    ])
+    model = build_model(cfg)
+    datamodule = build_datamodule(cfg.data, model)
+    batch = next(iter(datamodule.loader(datamodule.samples("validation", 3, 2))))
+    loss, _ = model.unroll(batch, backward=torch.Tensor.backward)
+    assert torch.isfinite(loss)
+    # Three segments: the third searches a cache of two, so the search weights get gradient too.
+    for name in ("head.query.weight", "head.key.weight", "head.summary_prompt", "head.empty_cache_memory"):
+        assert model.get_parameter(name).grad.abs().sum() > 0, name
+    model.eval()
+    tokenizer = model.tokenizer
+    prompt = torch.tensor([tokenizer(" The capital of France is a city called", add_special_tokens=False)["input_ids"]])
+    new = generate(model.head, prompt, segment_length=4, sampling=Sampling(max_new_tokens=6, stop_at_eos=False))
+    assert new.shape == (1, 6)
+    assert tokenizer.decode(new[0]).strip()
