@@ -92,11 +92,21 @@ class MemoryLM(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
+def checkpoint_file(path: str, key: str) -> str:
+    """`path`, checked to be a file; otherwise an error naming the config key that gave it."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{key}={path}: no such checkpoint file")
+    return str(path)
+
+
+def read_checkpoint(path: str, key: str) -> dict:
+    """A checkpoint file's contents, read with `weights_only=True` (memlm saves plain containers only)."""
+    return torch.load(checkpoint_file(path, key), map_location="cpu", weights_only=True)
+
+
 def load_checkpoint(path: str) -> tuple[MemoryLM, dict]:
     """The model a checkpoint file holds, rebuilt from its hyper-parameters, and the checkpoint (read once)."""
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"ckpt_path={path}: no such checkpoint file")
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    checkpoint = read_checkpoint(path, "ckpt_path")
     hparams = checkpoint.get("hyper_parameters", {})
     if hparams.get("data") is None:
         raise ValueError(f"ckpt_path={path} holds no training data config; it was not written by train.py")

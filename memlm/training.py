@@ -7,13 +7,12 @@ import json
 from pathlib import Path
 
 import lightning as L
-import torch
 from hydra.utils import get_class, instantiate
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from memlm.curriculum import SegmentCurriculum
-from memlm.module import MemoryLM
+from memlm.module import MemoryLM, checkpoint_file, read_checkpoint
 from memlm.plots import plot_accuracy
 
 
@@ -31,9 +30,7 @@ def build_model(cfg: DictConfig) -> MemoryLM:
 
 def load_initial_weights(model: MemoryLM, path: str) -> None:
     """Start from a checkpoint's model weights only: a new run with its own optimiser, step and curriculum."""
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"init_weights={path}: no such checkpoint file")
-    state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+    state = read_checkpoint(path, "init_weights")["state_dict"]
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ValueError(
@@ -52,9 +49,7 @@ def build_datamodule(data: DictConfig | dict, model: MemoryLM) -> L.LightningDat
 def resume_checkpoint(cfg: DictConfig, run_dir: Path) -> str | None:
     """`ckpt_path` if given, else the run directory's own last checkpoint, so a re-run in place resumes."""
     if cfg.ckpt_path is not None:
-        if not Path(cfg.ckpt_path).is_file():
-            raise FileNotFoundError(f"ckpt_path={cfg.ckpt_path}: no such checkpoint file")
-        return str(cfg.ckpt_path)
+        return checkpoint_file(cfg.ckpt_path, "ckpt_path")
     last = run_dir / "checkpoints" / "last.ckpt"
     return str(last) if last.is_file() else None
 

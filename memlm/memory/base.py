@@ -41,6 +41,12 @@ class MemoryHead(nn.Module):
         super().__init__()
         self.backbone = backbone
 
+    def embedding_scaled(self, *shape: int) -> nn.Parameter:
+        """A learned parameter drawn at the scale of the word embeddings, so the backbone sees it as an ordinary
+        input."""
+        scale = self.backbone.embedding.weight.detach().std().item()
+        return nn.Parameter(torch.randn(*shape) * scale)
+
     def initial_state(self, batch_size: int) -> MemoryState:
         """The memory the first segment of a document reads."""
         raise NotImplementedError

@@ -52,10 +52,10 @@ class HMT(MemoryHead):
             raise ValueError(f"model.summary_source={summary_source!r} is not one of {SUMMARY_SOURCES}")
         if readout not in READOUTS:
             raise ValueError(f"model.readout={readout!r} is not one of {READOUTS}")
-        for key, value in (("sensory_tokens", sensory_tokens), ("summary_tokens", summary_tokens),
-                           ("cache_size", cache_size)):
-            if value < (0 if key == "sensory_tokens" else 1):
-                raise ValueError(f"model.{key}={value} is too small")
+        for key, value, least in (("sensory_tokens", sensory_tokens, 0), ("summary_tokens", summary_tokens, 1),
+                                  ("cache_size", cache_size, 1)):
+            if value < least:
+                raise ValueError(f"model.{key}={value} must be at least {least}")
         self.sensory_tokens = sensory_tokens
         self.summary_tokens = summary_tokens
         self.cache_size = cache_size
@@ -63,9 +63,8 @@ class HMT(MemoryHead):
         self.readout = readout
         self.memory_search = memory_search
         d = backbone.hidden_size
-        scale = backbone.embedding.weight.detach().std().item()
-        self.summary_prompt = nn.Parameter(torch.randn(1, 1, d) * scale)
-        self.empty_cache_memory = nn.Parameter(torch.randn(1, 1, d) * scale)
+        self.summary_prompt = self.embedding_scaled(1, 1, d)
+        self.empty_cache_memory = self.embedding_scaled(1, 1, d)
         self.query = nn.Linear(d, d, bias=False)
         self.key = nn.Linear(d, d, bias=False)
 
@@ -95,7 +94,7 @@ class HMT(MemoryHead):
         tokens = self.backbone.embed(input_ids)
         cache, recent = state["cache"], state["recent"]
         retrieved, weights = self._search(tokens, attention_mask, cache, recent)
-        sensory = recent[:, recent.shape[1] - min(self.sensory_tokens, recent.shape[1]) :]
+        sensory = last_positions(recent, self.sensory_tokens)
         inputs = torch.cat([retrieved, sensory, tokens, retrieved], dim=1)
         hidden = self.backbone(inputs, pad_mask(attention_mask, 1 + sensory.shape[1], 1))
         start = 1 + sensory.shape[1]
@@ -104,7 +103,7 @@ class HMT(MemoryHead):
         keep = max(self.sensory_tokens, self.summary_tokens if self.summary_source == "previous" else 0)
         next_state = {
             "cache": torch.cat([cache, memory], dim=1)[:, -self.cache_size :],
-            "recent": tokens[:, tokens.shape[1] - keep :] if keep else tokens[:, :0],
+            "recent": last_positions(tokens, keep),
         }
         return SegmentOutput(token_states, token_states[:, -1], next_state, {"retrieval_weights": weights})
 
@@ -116,7 +115,7 @@ class HMT(MemoryHead):
         if self.summary_source == "current":
             text, mask = tokens[:, : self.summary_tokens], attention_mask[:, : self.summary_tokens]
         else:
-            text = recent[:, recent.shape[1] - min(self.summary_tokens, recent.shape[1]) :]
+            text = last_positions(recent, self.summary_tokens)
             mask = attention_mask.new_ones(text.shape[:2])
         prompt = self.summary_prompt.expand(batch, -1, -1)
         summary = self.backbone(torch.cat([prompt, text, prompt], dim=1), pad_mask(mask, 1, 1))[:, -1:]
@@ -132,3 +131,9 @@ class HMT(MemoryHead):
         if self.readout == "mean":
             return hidden.mean(dim=1)
         return hidden.max(dim=1).values
+
+
+def last_positions(sequence: torch.Tensor, count: int) -> torch.Tensor:
+    """The last `count` positions of a (batch, positions, ...) tensor, all of them if fewer, none for 0
+    (`sequence[:, -0:]` would give all)."""
+    return sequence[:, sequence.shape[1] - min(count, sequence.shape[1]) :]

@@ -13,7 +13,6 @@ backbone's vocabulary.
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from memlm.backbones import Backbone
 from memlm.memory.base import MemoryHead, MemoryState, SegmentOutput, frame_for_encoder, pad_mask
@@ -27,9 +26,7 @@ class RMT(MemoryHead):
         if num_mem_tokens < 1:
             raise ValueError(f"model.num_mem_tokens={num_mem_tokens} must be at least 1 (use model=baseline for none)")
         self.num_mem_tokens = num_mem_tokens
-        # Start at the scale of the word embeddings so memory tokens look like ordinary inputs to the backbone.
-        scale = backbone.embedding.weight.detach().std().item()
-        self.memory = nn.Parameter(torch.randn(num_mem_tokens, backbone.hidden_size) * scale)
+        self.memory = self.embedding_scaled(num_mem_tokens, backbone.hidden_size)
 
     def initial_state(self, batch_size: int) -> MemoryState:
         return self.memory.unsqueeze(0).expand(batch_size, -1, -1)
