@@ -54,7 +54,9 @@ class MemoryLM(L.LightningModule):
         optimizer = self.optimizers()
         optimizer.zero_grad()
         loss, correct = self.unroll(batch, backward=self.manual_backward)
-        self.clip_gradients(optimizer, gradient_clip_val=self.optim["gradient_clip_val"], gradient_clip_algorithm="norm")
+        self.clip_gradients(
+            optimizer, gradient_clip_val=self.optim["gradient_clip_val"], gradient_clip_algorithm="norm"
+        )
         optimizer.step()
         self.lr_schedulers().step()
         batch_size = correct.shape[0]
@@ -74,7 +76,9 @@ class MemoryLM(L.LightningModule):
         if key not in self.metrics:
             self.metrics[key] = MeanMetric().to(self.device)
         self.metrics[key].update(value, weight=weight)
-        self.log(name, self.metrics[key], metric_attribute=f"metrics.{key}", add_dataloader_idx=False, prog_bar=prog_bar)
+        self.log(
+            name, self.metrics[key], metric_attribute=f"metrics.{key}", add_dataloader_idx=False, prog_bar=prog_bar
+        )
 
     def configure_optimizers(self):
         optimizer = torch.optim.AdamW(

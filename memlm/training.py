@@ -58,7 +58,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """Train as `cfg` says and return the final validation metrics."""
     L.seed_everything(cfg.seed, workers=True)
     run_dir = Path(cfg.run_dir)
-    init_weights = cfg.init_weights  # read first: a missing mandatory value (hmt_stage2's stage1_checkpoint) fails at once
+    # Read first: a missing mandatory value (hmt_stage2's stage1_checkpoint) fails before any work.
+    init_weights = cfg.init_weights
     model = build_model(cfg)
     if init_weights is not None:
         load_initial_weights(model, init_weights)
@@ -98,11 +99,12 @@ def report(run_dir: Path, metrics: dict[str, float], curriculum: SegmentCurricul
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     plot = plot_accuracy(accuracy, run_dir / "accuracy.png", title="validation accuracy after training")
     checkpoint = trainer.checkpoint_callback.last_model_path if trainer.checkpoint_callback else None
+    log_dirs = [str(getattr(logger, "log_dir", None) or logger.save_dir) for logger in trainer.loggers]
     lines = ["", f"finished at step {trainer.global_step}; validation accuracy by segment count:"]
     lines += [f"  {n:>4} segments: {value:.3f}" for n, value in accuracy.items()]
     lines += [
         f"checkpoint: {checkpoint or 'none (checkpointing is off)'}",
-        f"logs:       {', '.join(str(getattr(lg, 'log_dir', None) or lg.save_dir) for lg in trainer.loggers) or 'none'}",
+        f"logs:       {', '.join(log_dirs) or 'none'}",
         f"plot:       {plot}",
         f"summary:    {run_dir / 'summary.json'}",
         f"resume:     the same command with hydra.run.dir={run_dir}",

@@ -76,7 +76,7 @@ def main() -> None:
     }
     (args.out / "bench_default.json").write_text(json.dumps(report, indent=2))
 
-    header = f"| head | train time | steps | " + " | ".join(f"{n} seg" for n in args.lengths) + " |"
+    header = "| head | train time | steps | " + " | ".join(f"{n} seg" for n in args.lengths) + " |"
     print(header)
     print("|" + "---|" * (3 + len(args.lengths)))
     for result in results:

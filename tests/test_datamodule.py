@@ -12,6 +12,7 @@ from memlm.data.babi import read_babi, stories_from_babi
 from memlm.data.datamodule import FactTaskDataModule, SampleStream
 from tests.conftest import QA1
 
+
 @pytest.fixture(scope="module")
 def tokenizer():
     return load_tokenizer("gpt2-tokenizer")

@@ -119,10 +119,10 @@ def load_documents(source: str, split: str) -> list[str]:
     """Background documents of `split` from `source`.
 
     `source` is "quality" (SCROLLS' QuALITY on the hub), "pg19" (the first PG19_HUB_BOOKS books of PG-19 on the
-    hub), "wikitext103" (the first WIKITEXT_HUB_ARTICLES articles of WikiText-103 on the hub), "embedded" (the Jane Austen novels of `memlm.assets`), a QuALITY
-    jsonl file, a folder of WikiText-103's `wiki.*.raw` files, or a folder of .txt files. A folder with a `split`
-    subfolder is read as PG-19's layout (`memlm.data.corpora.pg19`); any other folder, or a single file, is used
-    whole, whatever the split.
+    hub), "wikitext103" (the first WIKITEXT_HUB_ARTICLES articles of WikiText-103 on the hub), "embedded" (the
+    Jane Austen novels of `memlm.assets`), a QuALITY jsonl file, a folder of WikiText-103's `wiki.*.raw` files, or
+    a folder of .txt files. A folder with a `split` subfolder is read as PG-19's layout (`memlm.data.corpora.pg19`);
+    any other folder, or a single file, is used whole, whatever the split.
     """
     if source == "quality":
         return quality_hub(split)

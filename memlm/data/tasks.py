@@ -111,7 +111,7 @@ class SampleBuilder:
     @staticmethod
     def _interleave(noise: list[int], facts: list[list[int]], positions: list[int]) -> list[int]:
         ids, last = [], 0
-        for fact, position in zip(facts, positions):
+        for fact, position in zip(facts, positions, strict=True):
             ids += noise[last:position] + fact
             last = position
         return ids + noise[last:]
