@@ -1,7 +1,9 @@
 """Curriculum over the number of segments per training sample, as a Lightning callback.
 
-Training starts on the first segment count of the list and moves to the next when the validation accuracy at the
-current count reaches `threshold`, or when the stage has used `max_steps_per_stage` optimiser steps. The stage is
+Training starts on the first segment count of the list and moves to the next when the validation figure at the
+current count reaches `threshold` (accuracy at least `threshold` for the fact tasks, perplexity at most `threshold`
+for language modelling), or when the stage has used `max_steps_per_stage` optimiser steps. With `threshold=None`
+stages advance on the step budget alone, as in the HMT and RMT papers' language-model training. The stage is
 part of the checkpoint (`state_dict`), so a resumed run continues on the same segment count. Lightning runs
 checkpoint callbacks after all others, so a checkpoint taken at a validation that advanced the stage already holds
 the new stage.
@@ -25,18 +27,30 @@ class SegmentCurriculum(Callback):
         self,
         datamodule: L.LightningDataModule,
         segments: Sequence[int],
-        threshold: float = 0.95,
+        threshold: float | None = 0.95,
         max_steps_per_stage: int | None = None,
         stop_when_done: bool = True,
+        metric: str = "accuracy",
+        higher_is_better: bool = True,
     ):
+        """`metric` is the validation figure `val/{metric}_{n}seg` the threshold applies to; the objective gives it."""
         segments = list(segments)
         if not segments or any(n < 1 for n in segments) or segments != sorted(set(segments)):
             raise ValueError(f"curriculum.segments={segments} must be a non-empty increasing list of positive counts")
         if max_steps_per_stage is not None and max_steps_per_stage < 1:
             raise ValueError(f"curriculum.max_steps_per_stage={max_steps_per_stage} must be positive or null")
+        if threshold is None and max_steps_per_stage is None and len(segments) > 1:
+            raise ValueError("curriculum.threshold and curriculum.max_steps_per_stage are both null: nothing would "
+                             "move training past the first stage; set either")
+        if threshold is not None and not higher_is_better and threshold < 1:
+            raise ValueError(f"curriculum.threshold={threshold} is a {metric} to get under, and {metric} is never "
+                             "below 1: give a reachable perplexity, or null to advance every "
+                             "curriculum.max_steps_per_stage steps")
         self.datamodule = datamodule
         self.segments = segments
         self.threshold = threshold
+        self.metric = metric
+        self.higher_is_better = higher_is_better
         self.max_steps_per_stage = max_steps_per_stage
         self.stop_when_done = stop_when_done
         self.stage = 0
@@ -50,7 +64,7 @@ class SegmentCurriculum(Callback):
 
     @property
     def monitor(self) -> str:
-        return f"val/accuracy_{self.num_segments}seg"
+        return f"val/{self.metric}_{self.num_segments}seg"
 
     def _apply(self) -> None:
         self.datamodule.num_segments = self.num_segments
@@ -60,9 +74,11 @@ class SegmentCurriculum(Callback):
             return
         if self.monitor not in trainer.callback_metrics:
             raise KeyError(f"the curriculum monitors {self.monitor!r}, which validation did not log")
-        accuracy = float(trainer.callback_metrics[self.monitor])
+        value = float(trainer.callback_metrics[self.monitor])
         steps_in_stage = trainer.global_step - self.stage_start_step
-        reached = accuracy >= self.threshold
+        reached = self.threshold is not None and (
+            value >= self.threshold if self.higher_is_better else value <= self.threshold
+        )
         out_of_budget = self.max_steps_per_stage is not None and steps_in_stage >= self.max_steps_per_stage
         last_stage = self.stage == len(self.segments) - 1
         if not reached and (last_stage or not out_of_budget):
@@ -70,17 +86,17 @@ class SegmentCurriculum(Callback):
         if last_stage and not self.stop_when_done:
             return
         self.history.append(
-            {"segments": self.num_segments, "step": trainer.global_step, "accuracy": accuracy, "reached": reached}
+            {"segments": self.num_segments, "step": trainer.global_step, self.metric: value, "reached": reached}
         )
         if last_stage:
-            rank_zero_info(f"curriculum: {self.num_segments} segments at accuracy {accuracy:.3f}; done")
+            rank_zero_info(f"curriculum: {self.num_segments} segments at {self.metric} {value:.3f}; done")
             trainer.should_stop = True
             return
         self.stage += 1
         self.stage_start_step = trainer.global_step
         self._apply()
         rank_zero_info(
-            f"curriculum: accuracy {accuracy:.3f} at step {trainer.global_step}; "
+            f"curriculum: {self.metric} {value:.3f} at step {trainer.global_step}; "
             f"now training on {self.num_segments} segments"
         )
 

@@ -15,7 +15,6 @@ from pathlib import Path
 import lightning as L
 import torch
 from hydra.utils import instantiate
-from torchmetrics import MeanMetric
 from transformers import get_scheduler
 
 from memlm.objectives import objective_for
@@ -24,61 +23,75 @@ from memlm.recurrence import Recurrence
 
 class MemoryLM(L.LightningModule):
     def __init__(
-        self, backbone: dict, model: dict, recurrence: dict, optim: dict, num_classes: int, data: dict | None = None
+        self,
+        backbone: dict,
+        model: dict,
+        recurrence: dict,
+        optim: dict,
+        num_classes: int,
+        data: dict | None = None,
+        objective: str = "answer",
     ):
-        """`data` is the training data config, unused here but saved so evaluation rebuilds the same task."""
+        """`objective` is the data's ("answer" for the fact tasks, "language_model" for corpora); `data` is the
+        training data config, unused here but saved so evaluation rebuilds the same task."""
         super().__init__()
         self.save_hyperparameters()
         self.automatic_optimization = False
         self.head = instantiate(model, backbone=instantiate(backbone))
-        self.objective = objective_for(self.head.backbone, num_classes)
+        self.objective = objective_for(self.head.backbone, num_classes, objective)
         self.recurrence = Recurrence(**recurrence)
         self.optim = dict(optim)
-        self.metrics = torch.nn.ModuleDict()
+        # One score per validated segment count, made on first use: the counts come from the data, not the model.
+        self.scores = torch.nn.ModuleDict()
 
     @property
     def tokenizer(self):
         return self.head.backbone.tokenizer
 
-    def unroll(self, batch: dict, backward=None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Run all of a batch's segments; return the loss and a per-sample correctness vector."""
+    def unroll(self, batch: dict, backward=None):
+        """Run all of a batch's segments; return the loss and the objective's tally of the batch."""
         tally = self.objective.start(batch)
 
         def segment_loss(k, out):
             return self.objective.segment_loss(self.head.backbone, k, out, batch, tally)
 
         loss = self.recurrence.run(self.head, batch["input_ids"], batch["attention_mask"], segment_loss, backward)
-        return loss, tally.correct
+        return loss, tally
 
     def training_step(self, batch: dict, batch_idx: int) -> None:
         optimizer = self.optimizers()
         optimizer.zero_grad()
-        loss, correct = self.unroll(batch, backward=self.manual_backward)
+        loss, tally = self.unroll(batch, backward=self.manual_backward)
         self.clip_gradients(
             optimizer, gradient_clip_val=self.optim["gradient_clip_val"], gradient_clip_algorithm="norm"
         )
         optimizer.step()
         self.lr_schedulers().step()
-        batch_size = correct.shape[0]
+        batch_size, num_segments = batch["input_ids"].shape[:2]
         self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
-        self.log("train/accuracy", correct.float().mean(), prog_bar=True, batch_size=batch_size)
-        self.log("train/segments", float(batch["input_ids"].shape[1]), prog_bar=True, batch_size=batch_size)
+        for name, value in self.objective.batch_figures(tally).items():
+            self.log(f"train/{name}", value, prog_bar=True, batch_size=batch_size)
+        self.log("train/segments", float(num_segments), prog_bar=True, batch_size=batch_size)
 
     def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
-        loss, correct = self.unroll(batch)
-        segments = batch["input_ids"].shape[1]
-        self._log_mean(f"val/accuracy_{segments}seg", correct.float(), prog_bar=True)
-        self._log_mean(f"val/loss_{segments}seg", loss, weight=correct.shape[0])
+        _, tally = self.unroll(batch)
+        self.score(batch["input_ids"].shape[1]).update(tally)
 
-    def _log_mean(self, name: str, value: torch.Tensor, weight: float = 1.0, prog_bar: bool = False) -> None:
-        # Metrics are made on first use because the set of validation lengths comes from the data, not the model.
-        key = name.replace("/", "_")
-        if key not in self.metrics:
-            self.metrics[key] = MeanMetric().to(self.device)
-        self.metrics[key].update(value, weight=weight)
-        self.log(
-            name, self.metrics[key], metric_attribute=f"metrics.{key}", add_dataloader_idx=False, prog_bar=prog_bar
-        )
+    def score(self, num_segments: int):
+        key = str(num_segments)
+        if key not in self.scores:
+            self.scores[key] = self.objective.score(num_segments).to(self.device)
+        return self.scores[key]
+
+    def on_validation_epoch_end(self) -> None:
+        # compute() sums the tallies of every process, so each figure is over the whole validation set.
+        for score in self.scores.values():
+            if not score.update_called:
+                continue
+            for name, value in score.compute().items():
+                headline = name.startswith(f"{self.objective.headline}_") and "/" not in name
+                self.log(f"val/{name}", value.float(), prog_bar=headline)
+            score.reset()
 
     def configure_optimizers(self):
         optimizer = torch.optim.AdamW(

@@ -1,8 +1,8 @@
-"""Figures people want to see: accuracy against input length."""
+"""Figures people want to see: accuracy or perplexity against input length, and perplexity by segment position."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import matplotlib
@@ -11,26 +11,45 @@ matplotlib.use("Agg")  # files only: training machines have no display
 import matplotlib.pyplot as plt
 
 
-def plot_accuracy(
-    accuracy: Mapping[int, float],
+def plot_by_length(
+    values: Mapping[int, float],
     path: Path,
     title: str,
+    ylabel: str,
     xlabel: str = "segments",
     trained_up_to: int | None = None,
 ) -> Path:
-    """Accuracy against length on a log2 axis, with the longest trained length marked if given."""
+    """A figure against length on a log2 axis, with the longest trained length marked if given."""
     fig, ax = plt.subplots(figsize=(6, 4))
-    lengths = sorted(accuracy)
-    ax.plot(lengths, [accuracy[n] for n in lengths], marker="o")
+    lengths = sorted(values)
+    ax.plot(lengths, [values[n] for n in lengths], marker="o")
     if trained_up_to is not None:
         ax.axvline(trained_up_to, linestyle="--", color="grey", label=f"trained up to {trained_up_to}")
         ax.legend()
+    _log2_lengths(ax, lengths)
+    if ylabel == "accuracy":
+        ax.set_ylim(-0.02, 1.02)
+    return _finish(fig, ax, path, title, xlabel, ylabel)
+
+
+def plot_by_segment(by_position: Mapping[str, Sequence[float]], path: Path, title: str, ylabel: str = "ppl") -> Path:
+    """One line per series: a figure at segment positions 1, 2, ... of a sample."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, values in by_position.items():
+        ax.plot(range(1, len(values) + 1), values, marker="o" if len(values) <= 32 else None, label=label)
+    ax.legend()
+    return _finish(fig, ax, path, title, "segment position in the sample", ylabel)
+
+
+def _log2_lengths(ax, lengths: Sequence[int]) -> None:
     ax.set_xscale("log", base=2)
     ax.set_xticks(lengths, [str(n) for n in lengths])
     ax.minorticks_off()
-    ax.set_ylim(-0.02, 1.02)
+
+
+def _finish(fig, ax, path: Path, title: str, xlabel: str, ylabel: str) -> Path:
     ax.set_xlabel(xlabel)
-    ax.set_ylabel("accuracy")
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
     fig.tight_layout()

@@ -13,18 +13,20 @@ from omegaconf import DictConfig, OmegaConf
 
 from memlm.curriculum import SegmentCurriculum
 from memlm.module import MemoryLM, checkpoint_file, read_checkpoint
-from memlm.plots import plot_accuracy
+from memlm.plots import plot_by_length
 
 
 def build_model(cfg: DictConfig) -> MemoryLM:
     plain = OmegaConf.to_container(cfg, resolve=True)
+    data_class = get_class(cfg.data._target_)
     return MemoryLM(
         backbone=plain["backbone"],
         model=plain["model"],
         recurrence=plain["recurrence"],
         optim=plain["optim"],
-        num_classes=len(get_class(cfg.data._target_).answer_classes),
+        num_classes=len(data_class.answer_classes),
         data=plain["data"],
+        objective=data_class.objective,
     )
 
 
@@ -64,12 +66,15 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if init_weights is not None:
         load_initial_weights(model, init_weights)
     datamodule = build_datamodule(cfg.data, model)
-    curriculum = SegmentCurriculum(datamodule, **cfg.curriculum)
+    objective = model.objective
+    curriculum = SegmentCurriculum(
+        datamodule, **cfg.curriculum, metric=objective.headline, higher_is_better=objective.higher_is_better
+    )
     unvalidated = sorted(set(curriculum.segments) - set(datamodule.val_segments))
     if unvalidated:
         raise ValueError(
             f"data.val_segments={datamodule.val_segments} lacks {unvalidated}: the curriculum decides on validation "
-            "accuracy at every count in curriculum.segments, so validate at all of them"
+            f"{objective.headline} at every count in curriculum.segments, so validate at all of them"
         )
     # A component set to null on the command line (callbacks.progress_bar=null) is switched off.
     callbacks = [instantiate(callback) for callback in cfg.callbacks.values() if callback is not None]
@@ -86,22 +91,21 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 @rank_zero_only
 def report(run_dir: Path, metrics: dict[str, float], curriculum: SegmentCurriculum, trainer: L.Trainer) -> None:
-    """Write summary.json and accuracy.png into the run directory and say where everything is."""
-    accuracy = {
-        n: metrics[f"val/accuracy_{n}seg"] for n in curriculum.segments if f"val/accuracy_{n}seg" in metrics
-    }
+    """Write summary.json and a plot of the curriculum's figure into the run directory; say where everything is."""
+    name = curriculum.metric
+    by_length = {n: metrics[f"val/{name}_{n}seg"] for n in curriculum.segments if f"val/{name}_{n}seg" in metrics}
     summary = {
         "global_step": trainer.global_step,
         "curriculum": curriculum.state_dict(),
-        "val_accuracy_by_segments": accuracy,
+        f"val_{name}_by_segments": by_length,
         "metrics": metrics,
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    plot = plot_accuracy(accuracy, run_dir / "accuracy.png", title="validation accuracy after training")
+    plot = plot_by_length(by_length, run_dir / f"{name}.png", title=f"validation {name} after training", ylabel=name)
     checkpoint = trainer.checkpoint_callback.last_model_path if trainer.checkpoint_callback else None
     log_dirs = [str(getattr(logger, "log_dir", None) or logger.save_dir) for logger in trainer.loggers]
-    lines = ["", f"finished at step {trainer.global_step}; validation accuracy by segment count:"]
-    lines += [f"  {n:>4} segments: {value:.3f}" for n, value in accuracy.items()]
+    lines = ["", f"finished at step {trainer.global_step}; validation {name} by segment count:"]
+    lines += [f"  {n:>4} segments: {value:.3f}" for n, value in by_length.items()]
     lines += [
         f"checkpoint: {checkpoint or 'none (checkpointing is off)'}",
         f"logs:       {', '.join(log_dirs) or 'none'}",

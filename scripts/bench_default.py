@@ -44,7 +44,7 @@ def bench_head(head: str, lengths: list[int], samples: int, out: Path) -> dict:
         f"samples={samples}",
         f"out_dir={run_dir / 'eval'}",
         "accelerator=cpu",
-    ]))
+    ])).by_length
     return {
         "head": head,
         "train_seconds": round(train_seconds, 1),

@@ -83,6 +83,22 @@ def background(tmp_path_factory) -> Path:
     return write_background(tmp_path_factory.mktemp("background"))
 
 
+# Language modelling on the generated PG-19-layout folder; a dozen steps at most.
+FAST_LM = [
+    "data=pg19",
+    "data.segment_length=16",
+    "data.batch_size=4",
+    "data.val_tokens=400",
+    "trainer.max_steps=6",
+    "trainer.limit_train_batches=3",
+    "trainer.log_every_n_steps=1",
+    "curriculum.segments=[1,2]",
+    "curriculum.max_steps_per_stage=3",
+    "optim.warmup_steps=0",
+    "callbacks.progress_bar=null",
+]
+
+
 def compose_train(overrides: list[str]) -> DictConfig:
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return compose(config_name="train", overrides=overrides)
@@ -96,5 +112,16 @@ def fast_cfg(tmp_path, background):
         return compose_train(
             [*backbone, *head, *FAST, f"data.background={background}", f"run_dir={tmp_path}", *overrides]
         )
+
+    return make
+
+
+@pytest.fixture
+def lm_cfg(tmp_path, background):
+    """A composed language-modelling config (PG-19 layout, generated books) for a quick run in tmp_path."""
+
+    def make(*overrides: str, head: list[str] = SMALL_RMT) -> DictConfig:
+        return compose_train([*TINY_GPT2, *head, *FAST_LM, f"data.source={background}",
+                              f"data.cache_dir={tmp_path / 'datasets'}", f"run_dir={tmp_path}", *overrides])
 
     return make

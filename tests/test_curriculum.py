@@ -8,12 +8,13 @@ import torch
 from memlm.curriculum import SegmentCurriculum
 
 
-def validation(curriculum, accuracy: float, step: int, datamodule):
+def validation(curriculum, value: float, step: int, datamodule):
+    """A validation that logged `value` as the curriculum's figure (accuracy, or perplexity) at its current count."""
     trainer = SimpleNamespace(
         sanity_checking=False,
         should_stop=False,
         global_step=step,
-        callback_metrics={f"val/accuracy_{curriculum.num_segments}seg": torch.tensor(accuracy)},
+        callback_metrics={curriculum.monitor: torch.tensor(value)},
     )
     curriculum.on_validation_end(trainer, None)
     return trainer
@@ -69,3 +70,34 @@ def test_missing_validation_metric_is_an_error():
     trainer = SimpleNamespace(sanity_checking=False, global_step=1, callback_metrics={})
     with pytest.raises(KeyError, match="val/accuracy_3seg"):
         curriculum.on_validation_end(trainer, None)
+
+
+def test_perplexity_advances_when_it_gets_under_the_threshold():
+    datamodule = SimpleNamespace()
+    curriculum = SegmentCurriculum(datamodule, [1, 2], threshold=50.0, metric="ppl", higher_is_better=False)
+    assert curriculum.monitor == "val/ppl_1seg"
+    validation(curriculum, 80.0, 100, datamodule)
+    assert datamodule.num_segments == 1
+    validation(curriculum, 49.0, 200, datamodule)
+    assert datamodule.num_segments == 2
+    assert curriculum.history == [{"segments": 1, "step": 200, "ppl": 49.0, "reached": True}]
+
+
+def test_without_a_threshold_stages_advance_on_steps_alone_and_training_runs_to_max_steps():
+    datamodule = SimpleNamespace()
+    curriculum = SegmentCurriculum(datamodule, [1, 2], threshold=None, max_steps_per_stage=100, metric="ppl",
+                                   higher_is_better=False)
+    validation(curriculum, 1.0, 50, datamodule)
+    assert datamodule.num_segments == 1
+    validation(curriculum, 900.0, 100, datamodule)
+    assert datamodule.num_segments == 2
+    assert not validation(curriculum, 1.0, 5000, datamodule).should_stop
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"threshold": 0.95, "metric": "ppl", "higher_is_better": False}, "never below 1"),
+    ({"threshold": None, "max_steps_per_stage": None}, "both null"),
+])
+def test_thresholds_that_cannot_move_training_on_are_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        SegmentCurriculum(SimpleNamespace(), [1, 2], **kwargs)

@@ -25,7 +25,7 @@ def trained(fast_cfg, tmp_path):
 def test_eval_on_the_validation_split_reproduces_training_validation(trained, tmp_path):
     checkpoint, metrics = trained
     accuracy = evaluate(eval_cfg(f"ckpt_path={checkpoint}", "lengths=[1,2]", "split=validation", "samples=8",
-                                 "batch_size=3", f"out_dir={tmp_path / 'eval'}"))
+                                 "batch_size=3", f"out_dir={tmp_path / 'eval'}")).by_length
     assert accuracy == pytest.approx({1: metrics["val/accuracy_1seg"], 2: metrics["val/accuracy_2seg"]})
 
 
@@ -33,7 +33,7 @@ def test_eval_goes_beyond_the_trained_length_and_writes_table_and_plot(trained, 
     checkpoint, _ = trained
     out = tmp_path / "eval"
     accuracy = evaluate(eval_cfg(f"ckpt_path={checkpoint}", "lengths=[30,100]", "unit=tokens", "samples=4",
-                                 f"out_dir={out}"))
+                                 f"out_dir={out}")).by_length
     assert list(accuracy) == [2, 5]  # 24-token segments: 30 tokens need 2, 100 need 5
     with (out / "accuracy_by_length.csv").open() as file:
         rows = list(csv.DictReader(file))
@@ -45,7 +45,7 @@ def test_eval_goes_beyond_the_trained_length_and_writes_table_and_plot(trained, 
 def test_eval_overrides_the_training_task(trained, tmp_path):
     checkpoint, _ = trained
     accuracy = evaluate(eval_cfg(f"ckpt_path={checkpoint}", "lengths=[2]", "samples=4", "+data.task=detect",
-                                 f"out_dir={tmp_path / 'eval'}"))
+                                 f"out_dir={tmp_path / 'eval'}")).by_length
     assert set(accuracy) == {2}
 
 

@@ -50,7 +50,7 @@ class Document:
 def pg19(source: str, split: str, limit: int | None = None) -> Iterator[Document]:
     """PG-19 books of `split`: `source` is "hub" (emozilla/pg19, streamed), "embedded" or a folder in PG-19's layout."""
     _check_request(split, limit)
-    books = _pg19_hub(split) if source == "hub" else _pg19_folder(_pg19_root(source), split)
+    books = _pg19_hub(split) if source == "hub" else _pg19_folder(pg19_root(source), split)
     return itertools.islice(books, limit)
 
 
@@ -62,7 +62,7 @@ def wikitext103(source: str, split: str, limit: int | None = None) -> Iterator[D
                          *WIKITEXT_HUB, split=split)
         articles = _articles((_raw_line(row["text"]) for row in rows), f"{WIKITEXT_HUB[0]} split {split!r}")
     else:
-        file = _wikitext_file(_wikitext_root(source), split)
+        file = _wikitext_file(wikitext_root(source), split)
         articles = _articles(_utf8_lines(file), str(file))
     return itertools.islice(articles, limit)
 
@@ -132,7 +132,7 @@ def _raw_line(row_text: str) -> str:
 # ---------------------------------------------------------------------------------------------- PG-19 folders
 
 
-def _pg19_root(source: str) -> Path:
+def pg19_root(source: str) -> Path:
     if source == "embedded":
         from memlm.assets import austen_books  # prepares files on first use: only when asked for
 
@@ -188,7 +188,7 @@ def _pg19_book(file: Path, titles: dict[str, str]) -> Document:
 # ---------------------------------------------------------------------------------------------- WikiText files
 
 
-def _wikitext_root(source: str) -> Path:
+def wikitext_root(source: str) -> Path:
     if source == "embedded":
         from memlm.assets import wikipedia_articles  # prepares files on first use: only when asked for
 

@@ -54,6 +54,7 @@ class SeededSamples(Dataset):
 
 
 class FactTaskDataModule(L.LightningDataModule):
+    objective = "answer"
     answer_classes = PLACES
 
     def __init__(
@@ -103,8 +104,10 @@ class FactTaskDataModule(L.LightningDataModule):
             )
         return self.builders[split]
 
-    def samples(self, split: str, num_segments: int, count: int) -> SeededSamples:
+    def samples(self, split: str, num_segments: int, count: int | None) -> SeededSamples:
         """A fixed set of `count` samples of `num_segments` segments, the same for a given seed."""
+        if count is None or count < 1:
+            raise ValueError(f"samples={count}: fact-task samples are generated, so give how many (a positive count)")
         return SeededSamples(self.builder(split), num_segments, count, f"{self.seed}/{split}/{num_segments}seg")
 
     def train_dataloader(self) -> DataLoader:
