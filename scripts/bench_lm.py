@@ -1,0 +1,129 @@
+"""HMT against RMT and the no-memory baseline on language modelling: token-weighted test perplexity.
+
+    python scripts/bench_lm.py [--heads hmt hmt_published rmt baseline] [--data pg19] [--steps-per-stage 150]
+                               [--segments 1 2 4] [--lengths 1 4 16] [--out outputs/bench_lm]
+
+Every head trains with the same backbone (the default 2-layer GPT-2 shape), segment length, batch, optimiser and
+number of steps: a curriculum over `--segments`, `--steps-per-stage` optimiser steps each (`data=<data>`, which
+advances on steps alone). Each last checkpoint is then evaluated by `eval.py` on every token of the test split at
+each of `--lengths` segments (memory empty at the start of each window). `hmt` is HMT's causal default
+(`model.summary_source=previous`); `hmt_published` is the published summary of the segment's own first tokens,
+whose predictions can see later tokens, so its perplexity is not a language model's. Prints a table and writes
+bench_lm.json (and each run's directory) under --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+import torch  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
+
+from memlm.evaluation import evaluate  # noqa: E402
+from memlm.training import train  # noqa: E402
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+HEADS = {
+    "hmt": ["model=hmt"],
+    "hmt_published": ["model=hmt", "model.summary_source=current"],
+    "rmt": ["model=rmt"],
+    "baseline": ["model=baseline"],
+}
+
+
+def composed(config_name: str, overrides: list[str]):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose(config_name=config_name, overrides=overrides)
+
+
+def bench_head(head: str, args: argparse.Namespace) -> dict:
+    run_dir = args.out / head
+    steps = args.steps_per_stage * len(args.segments)
+    started = time.perf_counter()
+    train(composed("train", [
+        *HEADS[head],
+        f"data={args.data}",
+        f"curriculum.segments=[{','.join(map(str, args.segments))}]",
+        f"curriculum.max_steps_per_stage={args.steps_per_stage}",
+        # One validation per stage, at its end, where the curriculum moves on.
+        f"trainer.limit_train_batches={args.steps_per_stage}",
+        f"trainer.max_steps={steps}",
+        f"run_dir={run_dir}",
+        "callbacks.progress_bar=null",
+    ]))
+    train_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    out_dir = run_dir / "eval"
+    report = evaluate(composed("eval", [
+        f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}",
+        f"lengths=[{','.join(map(str, args.lengths))}]",
+        "samples=null",
+        f"out_dir={out_dir}",
+        "accelerator=cpu",
+    ]))
+    return {
+        "head": head,
+        "overrides": HEADS[head],
+        "train_seconds": round(train_seconds, 1),
+        "eval_seconds": round(time.perf_counter() - started, 1),
+        "steps": steps,
+        "test_ppl_by_segments": report.by_length,
+        "test_ppl_by_segment_position": {n: list(positions.values()) for n, positions in report.by_position.items()},
+    }
+
+
+def print_table(results: list[dict], lengths: list[int]) -> None:
+    """Perplexity at each length; and at the longest, the first segment of each window (no memory in any head)
+    against the geometric mean over the later ones. Positions hold different text, so compare heads at the same
+    position, not one position with another."""
+    longest = max(lengths)
+    print(f"| head | train time | steps | {' | '.join(f'ppl at {n} seg' for n in lengths)} "
+          f"| at {longest} seg: segment 1 / segments 2-{longest} |")
+    print("|" + "---|" * (4 + len(lengths)))
+    for result in results:
+        ppl = " | ".join(f"{result['test_ppl_by_segments'][n]:.1f}" for n in lengths)
+        first, *later = result["test_ppl_by_segment_position"][longest]
+        later_mean = math.exp(sum(map(math.log, later)) / len(later)) if later else float("nan")
+        minutes, seconds = divmod(result["train_seconds"], 60)
+        print(f"| {result['head']} | {int(minutes)}m{seconds:04.1f}s | {result['steps']} | {ppl} "
+              f"| {first:.1f} / {later_mean:.1f} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--heads", nargs="+", choices=sorted(HEADS), default=list(HEADS))
+    parser.add_argument("--data", choices=["pg19", "wikitext103"], default="pg19")
+    parser.add_argument("--steps-per-stage", type=int, default=150)
+    parser.add_argument("--segments", nargs="+", type=int, default=[1, 2, 4])
+    parser.add_argument("--lengths", nargs="+", type=int, default=[1, 4, 16])
+    parser.add_argument("--out", type=Path, default=Path("outputs/bench_lm"))
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    results = [bench_head(head, args) for head in args.heads]
+    report = {
+        "machine": {"cpu_threads": torch.get_num_threads(), "cpus": os.cpu_count(), "python": platform.python_version(),
+                    "torch": torch.__version__},
+        "data": args.data,
+        "segments_trained": args.segments,
+        "steps_per_stage": args.steps_per_stage,
+        "lengths_in_segments": args.lengths,
+        "results": results,
+    }
+    (args.out / "bench_lm.json").write_text(json.dumps(report, indent=2))
+
+    print_table(results, args.lengths)
+    print(f"\nwritten: {args.out / 'bench_lm.json'}")
+
+
+if __name__ == "__main__":
+    main()
