@@ -86,13 +86,13 @@ def plot_augmented_input(head: HMT, segment_length: int, path: Path) -> Path:
         ("augmented pass", [("P_n", 1, "#2ca02c"), (f"sensory k={k}", k, "#fdae6b"),
                             (f"segment n, L={L}", L, "#6baed6"), ("P_n → m_n", 1, "#2ca02c")]),
     ]
-    unit = 1.0 / (k + L + 2)  # the widest row fills the figure; a memory or prompt slot is drawn 3 units wide
+    unit = 1.0 / (k + L + 8)  # the widest row fills the figure; a memory or prompt slot is drawn 4 units wide
     fig, ax = plt.subplots(figsize=(10, 2.6))
     for row, (label, parts) in enumerate(rows):
         y = 1 - row
         x = 0.0
         for name, width, colour in parts:
-            drawn = max(width, 3) * unit
+            drawn = max(width, 4) * unit
             ax.add_patch(Rectangle((x, y), drawn, 0.7, facecolor=colour, edgecolor="black"))
             ax.text(x + drawn / 2, y + 0.35, name, ha="center", va="center", fontsize=8)
             x += drawn

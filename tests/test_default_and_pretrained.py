@@ -28,8 +28,8 @@ def test_rmt_trains_on_a_pretrained_backbone(tmp_path, backbone):
     datamodule = build_datamodule(cfg.data, model)
     batch = next(iter(datamodule.loader(datamodule.samples("validation", 2, 2))))
     before = model.head.memory.detach().clone()
-    loss, correct = model.unroll(batch, backward=torch.Tensor.backward)
-    assert torch.isfinite(loss) and correct.shape == (2,)
+    loss, tally = model.unroll(batch, backward=torch.Tensor.backward)
+    assert torch.isfinite(loss) and tally.correct.shape == (2,)
     assert model.head.memory.grad.abs().sum() > 0
     torch.optim.SGD(model.parameters(), lr=1e-2).step()
     assert not torch.equal(before, model.head.memory.detach())
