@@ -5,7 +5,7 @@ import torch
 
 from memlm.backbones import load_backbone
 from memlm.generation import Sampling, generate
-from memlm.memory import HMT, RMT, Baseline
+from memlm.memory import HMT, LM2, RMT, Baseline
 
 SEGMENT = 6
 
@@ -20,6 +20,7 @@ def backbone():
 HEADS = {
     "rmt": lambda backbone: RMT(backbone, num_mem_tokens=2),
     "hmt": lambda backbone: HMT(backbone, sensory_tokens=2, summary_tokens=3, cache_size=4),
+    "lm2": lambda backbone: LM2(backbone, memory_slots=4),
     "baseline": Baseline,
 }
 

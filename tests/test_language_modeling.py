@@ -26,6 +26,7 @@ HEADS = {
     "baseline": ["model=baseline"],
     "rmt": ["model=rmt", "model.num_mem_tokens=2"],
     "hmt": ["model=hmt", "model.sensory_tokens=4", "model.summary_tokens=8"],
+    "lm2": ["model=lm2", "model.memory_slots=4"],
 }
 
 

@@ -31,6 +31,7 @@ def test_quick_run_reports_accuracy_per_segment_count(fast_cfg, tmp_path):
 @pytest.mark.parametrize("head", [
     ["model=baseline"],
     ["model=hmt", "model.sensory_tokens=4", "model.summary_tokens=8", "model.cache_size=4"],
+    ["model=lm2", "model.memory_slots=4"],
 ])
 def test_every_head_trains_through_the_same_loop(fast_cfg, head):
     metrics = train(fast_cfg(head=head))

@@ -1,0 +1,134 @@
+"""LM2: Large Memory Models (Kang et al. 2025).
+
+A memory bank M of N slots x d sits beside the attention of every decoder block. With E the block's input:
+
+- read: E_mem = softmax((E W_Q)(M W_K)^T / sqrt(d)) (M W_V), one row per token; the output gate
+  g_out = sigmoid(E_mem W_out) adds `g_out * E_mem` to the block's output;
+- write, once per segment after the segment has been read: the N slots attend over the segment's tokens,
+  U = softmax((M W_Q')(E W_K')^T / sqrt(d)) (E W_V'), and with the paper's gates taken per slot,
+  g_in = sigmoid(U W_in), g_f = sigmoid(U W_f), M <- g_in * tanh(U) + g_f * M.
+
+The paper's update mixes token rows with slot rows; the authors' code forces T = N = d, computes the input gate
+from a mean over the whole sequence (later tokens leak into earlier positions) and carries memory across unrelated
+batches. Here the slots are the queries of the write, so N is free of the segment length; a segment reads only what
+earlier segments wrote, so no output depends on a later token; and the bank starts as identity rows in every sample
+(reset per document).
+
+The backbone's code is not forked: forward hooks on its decoder blocks (found as the ModuleList of
+`num_hidden_layers` blocks, GPT-2's `h` or Llama's `layers`) add the read to each block's output and keep each
+block's input for the write. The hooks act only inside `LM2.forward`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from memlm.backbones import Backbone
+from memlm.memory.base import MemoryHead, MemoryState, SegmentOutput
+
+
+class BlockMemory(nn.Module):
+    """The read, gates and write of one decoder block's memory bank."""
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.read_query, self.read_key, self.read_value = (nn.Linear(hidden_size, hidden_size, bias=False)
+                                                           for _ in range(3))
+        self.write_query, self.write_key, self.write_value = (nn.Linear(hidden_size, hidden_size, bias=False)
+                                                              for _ in range(3))
+        self.output_gate = nn.Linear(hidden_size, hidden_size)
+        self.input_gate = nn.Linear(hidden_size, hidden_size)
+        self.forget_gate = nn.Linear(hidden_size, hidden_size)
+
+    def read(self, block_input: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
+        """What the block adds to its output: the gated memory read of each token."""
+        memory = memory.to(block_input.dtype)
+        scores = self.read_query(block_input) @ self.read_key(memory).transpose(1, 2) / math.sqrt(memory.shape[-1])
+        read = scores.softmax(dim=-1) @ self.read_value(memory)
+        return torch.sigmoid(self.output_gate(read)) * read
+
+    def write(self, block_input: torch.Tensor, token_mask: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
+        """The bank after this segment: each slot attends over the segment's (unpadded) tokens."""
+        memory_in = memory.to(block_input.dtype)
+        scores = self.write_query(memory_in) @ self.write_key(block_input).transpose(1, 2)
+        scores = scores / math.sqrt(memory.shape[-1])
+        scores = scores.masked_fill(~token_mask[:, None, :], torch.finfo(scores.dtype).min)
+        update = scores.softmax(dim=-1) @ self.write_value(block_input)
+        written = torch.sigmoid(self.input_gate(update)) * torch.tanh(update)
+        return (written + torch.sigmoid(self.forget_gate(update)) * memory_in).to(memory.dtype)
+
+
+class LM2(MemoryHead):
+    size_key = "model.memory_slots"
+
+    def __init__(self, backbone: Backbone, memory_slots: int = 16):
+        super().__init__(backbone)
+        if not backbone.is_decoder:
+            raise ValueError("model=lm2 needs a decoder backbone (backbone.kind=causal): its memory sits in decoder "
+                             "blocks")
+        if memory_slots < 1:
+            raise ValueError(f"model.memory_slots={memory_slots} must be at least 1")
+        self.memory_slots = memory_slots
+        self.blocks = decoder_blocks(backbone)
+        d = backbone.hidden_size
+        self.memories = nn.ModuleList(BlockMemory(d) for _ in self.blocks)
+        # Identity rows, as in the paper (slots beyond d start at zero); a buffer so it follows the device.
+        self.register_buffer("initial_memory", torch.eye(memory_slots, d), persistent=False)
+        self._segment: dict | None = None
+        for index, block in enumerate(self.blocks):
+            block.register_forward_pre_hook(self._keep_input(index), with_kwargs=True)
+            block.register_forward_hook(self._add_read(index))
+
+    def initial_state(self, batch_size: int) -> MemoryState:
+        # One bank per block: (batch, blocks, slots, hidden).
+        bank = self.initial_memory.expand(batch_size, len(self.blocks), -1, -1)
+        return bank.to(self.backbone.embedding.weight.dtype)
+
+    def extra_positions(self) -> int:
+        return 0  # memory lives beside attention, not in the sequence
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, state: MemoryState) -> SegmentOutput:
+        self._segment = {"memory": state, "inputs": [None] * len(self.blocks)}
+        try:
+            hidden = self.backbone(self.backbone.embed(input_ids), attention_mask)
+            inputs = self._segment["inputs"]
+        finally:
+            self._segment = None
+        token_mask = attention_mask.bool()
+        next_state = torch.stack(
+            [memory.write(inputs[i], token_mask, state[:, i]) for i, memory in enumerate(self.memories)], dim=1
+        )
+        return SegmentOutput(hidden, hidden[:, -1], next_state)
+
+    def _keep_input(self, index: int):
+        def hook(module, args, kwargs):
+            if self._segment is not None:
+                self._segment["inputs"][index] = args[0] if args else kwargs["hidden_states"]
+
+        return hook
+
+    def _add_read(self, index: int):
+        def hook(module, args, output):
+            if self._segment is None:
+                return None
+            block_input = self._segment["inputs"][index]
+            read = self.memories[index].read(block_input, self._segment["memory"][:, index])
+            # Blocks return their hidden states alone or first in a tuple, depending on the model family.
+            if isinstance(output, tuple):
+                return (output[0] + read, *output[1:])
+            return output + read
+
+        return hook
+
+
+def decoder_blocks(backbone: Backbone) -> nn.ModuleList:
+    """The backbone's stack of decoder blocks: its ModuleList of `num_hidden_layers` modules."""
+    layers = backbone.model.config.num_hidden_layers
+    for module in backbone.model.base_model.modules():
+        if isinstance(module, nn.ModuleList) and len(module) == layers:
+            return module
+    raise ValueError(f"found no list of {layers} decoder blocks in {type(backbone.model.base_model).__name__}; "
+                     "model=lm2 wraps the blocks of GPT-2- and Llama-style decoders")
