@@ -127,8 +127,7 @@ class GenerativeAnswer(AnswerObjective):
         scored = labels != IGNORE
         if not scored.any():
             return None
-        logits = backbone.logits(out.token_states[scored]).float()
-        targets = labels[scored]
+        logits, targets = scored_logits(backbone, out, labels, scored)
         wrong = (logits.argmax(-1) != targets).long()
         tally.errors.index_add_(0, scored.nonzero()[:, 0], wrong)
         nll = F.cross_entropy(logits, targets, reduction="sum")
@@ -176,14 +175,19 @@ class LanguageModeling(nn.Module):
         scored = labels != IGNORE
         if not scored.any():
             return None
-        logits = backbone.logits(out.token_states[scored]).float()
-        nll = F.cross_entropy(logits, labels[scored], reduction="sum")
+        nll = F.cross_entropy(*scored_logits(backbone, out, labels, scored), reduction="sum")
         tally.nll[k] = nll.detach()
         tally.tokens[k] = scored.sum()
         return nll / tally.num_targets
 
     def batch_figures(self, tally: TokenTally) -> dict[str, torch.Tensor]:
         return {"ppl": (tally.nll.sum() / tally.tokens.sum()).exp()}
+
+
+def scored_logits(backbone: Backbone, out: SegmentOutput, labels: torch.Tensor, scored: torch.Tensor):
+    """Next-token logits (float32) and targets at the scored positions only: the vocabulary projection is the
+    costliest step, and positions without a label need none."""
+    return backbone.logits(out.token_states[scored]).float(), labels[scored]
 
 
 def objective_for(backbone: Backbone, num_classes: int, objective: str = "answer") -> nn.Module:

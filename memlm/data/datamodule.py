@@ -53,7 +53,26 @@ class SeededSamples(Dataset):
         return self.builder.build(random.Random(f"{self.seed}/{index}"), self.num_segments)
 
 
-class FactTaskDataModule(L.LightningDataModule):
+class SegmentDataModule(L.LightningDataModule):
+    """What every memlm DataModule shares: an endless training stream at the curriculum's segment count, seeded
+    by (seed, rank, epoch, segment count), and loaders. Subclasses set `seed`, `num_segments`, `batch_size`,
+    `num_workers` and say what builds their training samples."""
+
+    def training_builder(self):
+        """An object whose `build(rng, num_segments)` makes one training sample."""
+        raise NotImplementedError
+
+    def train_dataloader(self) -> DataLoader:
+        trainer = self.trainer
+        seed = f"{self.seed}/train/rank{trainer.global_rank}/epoch{trainer.current_epoch}/{self.num_segments}seg"
+        stream = SampleStream(self.training_builder(), self.num_segments, seed)
+        return DataLoader(stream, batch_size=self.batch_size, num_workers=self.num_workers)
+
+    def loader(self, samples: Dataset) -> DataLoader:
+        return DataLoader(samples, batch_size=self.batch_size, num_workers=self.num_workers)
+
+
+class FactTaskDataModule(SegmentDataModule):
     objective = "answer"
     answer_classes = PLACES
 
@@ -110,14 +129,8 @@ class FactTaskDataModule(L.LightningDataModule):
             raise ValueError(f"samples={count}: fact-task samples are generated, so give how many (a positive count)")
         return SeededSamples(self.builder(split), num_segments, count, f"{self.seed}/{split}/{num_segments}seg")
 
-    def train_dataloader(self) -> DataLoader:
-        trainer = self.trainer
-        seed = f"{self.seed}/train/rank{trainer.global_rank}/epoch{trainer.current_epoch}/{self.num_segments}seg"
-        stream = SampleStream(self.builder("train"), self.num_segments, seed)
-        return DataLoader(stream, batch_size=self.batch_size, num_workers=self.num_workers)
+    def training_builder(self) -> SampleBuilder:
+        return self.builder("train")
 
     def val_dataloader(self) -> list[DataLoader]:
         return [self.loader(self.samples("validation", n, self.val_samples)) for n in self.val_segments]
-
-    def loader(self, samples: Dataset) -> DataLoader:
-        return DataLoader(samples, batch_size=self.batch_size, num_workers=self.num_workers)

@@ -25,7 +25,6 @@ import hashlib
 import random
 from collections.abc import Sequence
 
-import lightning as L
 import numpy as np
 import torch
 from datasets import Dataset, Features, List, Value
@@ -35,7 +34,7 @@ from torch.utils.data import Dataset as TorchDataset
 from transformers import PreTrainedTokenizerBase
 
 from memlm.data import corpora
-from memlm.data.datamodule import SampleStream
+from memlm.data.datamodule import SegmentDataModule
 from memlm.objectives import IGNORE
 
 CORPORA = {"pg19": corpora.pg19, "wikitext103": corpora.wikitext103}
@@ -207,7 +206,7 @@ class TiledDocuments(TorchDataset):
         return self.windows.window(document, start, self.num_segments)
 
 
-class LanguageModelDataModule(L.LightningDataModule):
+class LanguageModelDataModule(SegmentDataModule):
     """`data=pg19` / `data=wikitext103`: next-token prediction on every token of a corpus's documents."""
 
     objective = "language_model"
@@ -279,15 +278,9 @@ class LanguageModelDataModule(L.LightningDataModule):
         column = TokenColumn(documents)
         return TiledDocuments(Windows(column, self.segment_length, self.pad_token), num_segments)
 
-    def train_dataloader(self) -> DataLoader:
-        trainer = self.trainer
-        seed = f"{self.seed}/train/rank{trainer.global_rank}/epoch{trainer.current_epoch}/{self.num_segments}seg"
-        stream = SampleStream(self.windows("train"), self.num_segments, seed)
-        return DataLoader(stream, batch_size=self.batch_size, num_workers=self.num_workers)
+    def training_builder(self) -> Windows:
+        return self.windows("train")
 
     def val_dataloader(self) -> list[DataLoader]:
         windows = self.windows("validation", self.val_tokens)
         return [self.loader(TiledDocuments(windows, n)) for n in self.val_segments]
-
-    def loader(self, samples: TorchDataset) -> DataLoader:
-        return DataLoader(samples, batch_size=self.batch_size, num_workers=self.num_workers)
