@@ -18,6 +18,7 @@ from pathlib import Path
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
+from memlm.babilong_eval import TaskLengthReport, babilong_tasks, evaluate_babilong
 from memlm.curriculum import SegmentCurriculum
 from memlm.module import load_checkpoint
 from memlm.plots import plot_by_length, plot_by_segment
@@ -93,11 +94,15 @@ class LengthReport:
         return [table, plot]
 
 
-def evaluate(cfg: DictConfig) -> LengthReport:
+def evaluate(cfg: DictConfig) -> LengthReport | TaskLengthReport:
     """The data's figure (accuracy, or perplexity for language modelling) by segment count, and for perplexity by
-    segment position. Writes `<figure>_by_length.csv/.png` into cfg.out_dir and `ppl_by_segment.csv/.png`."""
+    segment position. Writes `<figure>_by_length.csv/.png` into cfg.out_dir and `ppl_by_segment.csv/.png`.
+    With BABILong tasks (`babilong.tasks`, or a checkpoint trained on one), accuracy by task and length instead."""
     model, checkpoint = load_checkpoint(cfg.ckpt_path)
     data = OmegaConf.merge(model.hparams.data, cfg.data, {"batch_size": cfg.batch_size})
+    tasks = babilong_tasks(cfg, data)
+    if tasks:
+        return evaluate_babilong(cfg, model, data, tasks)
     datamodule = build_datamodule(data, model)
     counts = segment_counts(list(cfg.lengths), cfg.unit, datamodule.segment_length)
     loaders = [datamodule.loader(datamodule.samples(cfg.split, n, cfg.samples)) for n in counts]

@@ -41,6 +41,27 @@ def plot_by_segment(by_position: Mapping[str, Sequence[float]], path: Path, titl
     return _finish(fig, ax, path, title, "segment position in the sample", ylabel)
 
 
+def plot_heatmap(values: Mapping[str, Mapping[str, float]], path: Path, title: str) -> Path:
+    """Rows by columns of accuracies in [0, 1] (BABILong: task by length), each cell labelled with its value."""
+    rows = list(values)
+    columns = list(next(iter(values.values())))
+    grid = [[values[row][column] for column in columns] for row in rows]
+    fig, ax = plt.subplots(figsize=(1.0 + 0.8 * len(columns), 1.2 + 0.5 * len(rows)))
+    image = ax.imshow(grid, vmin=0.0, vmax=1.0, cmap="RdYlGn", aspect="auto")
+    for i, row in enumerate(grid):
+        for j, value in enumerate(row):
+            ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=9)
+    ax.set_xticks(range(len(columns)), columns)
+    ax.set_yticks(range(len(rows)), rows)
+    fig.colorbar(image, ax=ax, label="accuracy")
+    ax.set_xlabel("length")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)
+
+
 def _log2_lengths(ax, lengths: Sequence[int]) -> None:
     ax.set_xscale("log", base=2)
     ax.set_xticks(lengths, [str(n) for n in lengths])

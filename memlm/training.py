@@ -24,7 +24,7 @@ def build_model(cfg: DictConfig) -> MemoryLM:
         model=plain["model"],
         recurrence=plain["recurrence"],
         optim=plain["optim"],
-        num_classes=len(data_class.answer_classes),
+        num_classes=len(data_class.answer_classes(cfg.data)),
         data=plain["data"],
         objective=data_class.objective,
     )

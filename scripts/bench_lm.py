@@ -18,20 +18,16 @@ import argparse
 import json
 import math
 import os
-import platform
 import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-import torch  # noqa: E402
-from hydra import compose, initialize_config_dir  # noqa: E402
+from benchmarking import composed, machine, train_on_budget  # noqa: E402
 
 from memlm.evaluation import evaluate  # noqa: E402
-from memlm.training import train  # noqa: E402
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
 HEADS = {
     "hmt": ["model=hmt"],
     "hmt_published": ["model=hmt", "model.summary_source=current"],
@@ -40,34 +36,16 @@ HEADS = {
 }
 
 
-def composed(config_name: str, overrides: list[str]):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name=config_name, overrides=overrides)
-
-
 def bench_head(head: str, args: argparse.Namespace) -> dict:
     run_dir = args.out / head
-    steps = args.steps_per_stage * len(args.segments)
+    _, train_seconds = train_on_budget([*HEADS[head], f"data={args.data}"], run_dir, args.segments,
+                                       args.steps_per_stage)
     started = time.perf_counter()
-    train(composed("train", [
-        *HEADS[head],
-        f"data={args.data}",
-        f"curriculum.segments=[{','.join(map(str, args.segments))}]",
-        f"curriculum.max_steps_per_stage={args.steps_per_stage}",
-        # One validation per stage, at its end, where the curriculum moves on.
-        f"trainer.limit_train_batches={args.steps_per_stage}",
-        f"trainer.max_steps={steps}",
-        f"run_dir={run_dir}",
-        "callbacks.progress_bar=null",
-    ]))
-    train_seconds = time.perf_counter() - started
-    started = time.perf_counter()
-    out_dir = run_dir / "eval"
     report = evaluate(composed("eval", [
         f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}",
         f"lengths=[{','.join(map(str, args.lengths))}]",
         "samples=null",
-        f"out_dir={out_dir}",
+        f"out_dir={run_dir / 'eval'}",
         "accelerator=cpu",
     ]))
     return {
@@ -75,7 +53,7 @@ def bench_head(head: str, args: argparse.Namespace) -> dict:
         "overrides": HEADS[head],
         "train_seconds": round(train_seconds, 1),
         "eval_seconds": round(time.perf_counter() - started, 1),
-        "steps": steps,
+        "steps": args.steps_per_stage * len(args.segments),
         "test_ppl_by_segments": report.by_length,
         "test_ppl_by_segment_position": {n: list(positions.values()) for n, positions in report.by_position.items()},
     }
@@ -111,8 +89,7 @@ def main() -> None:
 
     results = [bench_head(head, args) for head in args.heads]
     report = {
-        "machine": {"cpu_threads": torch.get_num_threads(), "cpus": os.cpu_count(), "python": platform.python_version(),
-                    "torch": torch.__version__},
+        "machine": machine(),
         "data": args.data,
         "segments_trained": args.segments,
         "steps_per_stage": args.steps_per_stage,

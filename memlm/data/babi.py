@@ -1,4 +1,5 @@
-"""bAbI-style stories: generated for the RMT paper's tasks, or read from the official bAbI files."""
+"""bAbI-style stories: generated for the RMT paper's tasks and for bAbI's qa1-qa5 (BABILong's tasks), or read from
+the official bAbI files."""
 
 import random
 import re
@@ -10,7 +11,20 @@ ACTORS = ("Mary", "John", "Daniel", "Sandra")
 PLACES = ("bathroom", "bedroom", "garden", "hallway", "kitchen", "office")
 MOVE_VERBS = ("moved", "went", "went back", "journeyed", "travelled")
 DIRECTIONS = ("north", "south", "east", "west")
-TASKS = ("memorize", "detect", "reasoning")
+OBJECTS = ("apple", "football", "milk")
+GET_VERBS = ("got", "grabbed", "picked up", "took")
+DROP_VERBS = ("dropped", "discarded", "left", "put down")
+GIVE_VERBS = ("gave", "handed", "passed")
+# qa5 has its own cast; its answers are a person or an object.
+QA5_ACTORS = ("Bill", "Fred", "Jeff", "Mary")
+RMT_TASKS = ("memorize", "detect", "reasoning")
+QA_TASKS = ("qa1", "qa2", "qa3", "qa4", "qa5")
+TASKS = RMT_TASKS + QA_TASKS
+# The answers each task can have: BABILong's official scoring looks for these words in a model's output.
+TASK_LABELS = {
+    "memorize": PLACES, "detect": PLACES, "reasoning": PLACES,
+    "qa1": PLACES, "qa2": PLACES, "qa3": PLACES, "qa4": PLACES, "qa5": QA5_ACTORS + OBJECTS,
+}
 
 _OPPOSITE = {"north": "south", "south": "north", "east": "west", "west": "east"}
 _LINE = re.compile(r"([0-9]+) +(\S.*)")
@@ -117,6 +131,156 @@ def _question_text(question: RelationQuestion) -> str:
     return f"What is the {place} {direction} of?"
 
 
+class World:
+    """A little world of actors, places and objects that qa1, qa2, qa3 and qa5 stories narrate, one event a fact.
+
+    Objects are unseen until someone gets one; then they go where their holder goes, lie where they are dropped,
+    and change hands when given. `trail` keeps each object's places in order, `gifts` every hand-over.
+    """
+
+    def __init__(self, rng: random.Random, actors: tuple[str, ...] = ACTORS):
+        self.rng = rng
+        self.actors = actors
+        self.facts: list[str] = []
+        self.place: dict[str, str] = {}
+        self.holder: dict[str, str] = {}
+        self.lying: dict[str, str] = {}
+        self.trail: dict[str, list[str]] = {obj: [] for obj in OBJECTS}
+        self.gifts: list[tuple[str, str, str]] = []
+
+    def where(self, obj: str) -> str | None:
+        if obj in self.holder:
+            return self.place.get(self.holder[obj])
+        return self.lying.get(obj)
+
+    def _arrive(self, obj: str) -> None:
+        place = self.where(obj)
+        if place is not None and self.trail[obj][-1:] != [place]:
+            self.trail[obj].append(place)
+
+    def move(self) -> None:
+        actor = self.rng.choice(self.actors)
+        place = self.rng.choice([p for p in PLACES if p != self.place.get(actor)])
+        self.place[actor] = place
+        self.facts.append(f"{actor} {self.rng.choice(MOVE_VERBS)} to the {place}.")
+        for obj in [obj for obj, holder in self.holder.items() if holder == actor]:
+            self._arrive(obj)
+
+    def get(self) -> bool:
+        """Someone somewhere picks up an object that is unseen or lies where they are; False if nobody can."""
+        options = [(actor, obj) for actor, place in self.place.items() for obj in OBJECTS
+                   if obj not in self.holder and self.lying.get(obj, place) == place]
+        if not options:
+            return False
+        actor, obj = self.rng.choice(options)
+        self.lying.pop(obj, None)
+        self.holder[obj] = actor
+        self.facts.append(f"{actor} {self.rng.choice(GET_VERBS)} the {obj} there.")
+        self._arrive(obj)
+        return True
+
+    def drop(self) -> bool:
+        if not self.holder:
+            return False
+        obj = self.rng.choice(sorted(self.holder))
+        actor = self.holder.pop(obj)
+        self.lying[obj] = self.place[actor]
+        self.facts.append(f"{actor} {self.rng.choice(DROP_VERBS)} the {obj}.")
+        return True
+
+    def give(self) -> bool:
+        """A holder hands an object to someone in the same place; False if nobody can."""
+        options = [(obj, giver, receiver) for obj, giver in self.holder.items() for receiver in self.actors
+                   if receiver != giver and self.place.get(receiver) == self.place[giver]]
+        if not options:
+            return False
+        obj, giver, receiver = self.rng.choice(sorted(options))
+        self.holder[obj] = receiver
+        self.gifts.append((giver, obj, receiver))
+        self.facts.append(f"{giver} {self.rng.choice(GIVE_VERBS)} the {obj} to {receiver}.")
+        return True
+
+    def narrate(self, events: int, weights: dict[str, float]) -> None:
+        """`events` facts, each a move, get, drop or give drawn by `weights` (a move when the draw cannot happen)."""
+        kinds = list(weights)
+        for _ in range(events):
+            kind = self.rng.choices(kinds, [weights[k] for k in kinds])[0]
+            if kind == "move" or not getattr(self, kind)():
+                self.move()
+
+
+def qa1_story(rng: random.Random) -> Story:
+    """qa1, single supporting fact: 2, 4, 6, 8 or 10 moves (as bAbI's qa1 asks after every second fact), and
+    "Where is {actor}?" for someone who moved: their last move answers it."""
+    world = World(rng)
+    world.narrate(rng.choice((2, 4, 6, 8, 10)), {"move": 1.0})
+    actor = rng.choice(sorted(world.place))
+    return Story(tuple(world.facts), f"Where is {actor}?", world.place[actor])
+
+
+# Story lengths for qa2, qa3 and qa5, in facts: long enough to need several facts, short enough (about 300 GPT-2
+# tokens at most) that a story leaves most of a 1k sample to the background, as in BABILong.
+QA2_EVENTS = (4, 20)
+QA3_EVENTS = (8, 32)
+QA5_EVENTS = (4, 20)
+_CARRYING = {"move": 0.5, "get": 0.3, "drop": 0.2}
+
+
+def qa2_story(rng: random.Random) -> Story:
+    """qa2, two supporting facts: "Where is the {object}?" needs who holds it and where they went (or where it
+    was dropped)."""
+    while True:
+        world = World(rng)
+        world.narrate(rng.randint(*QA2_EVENTS), _CARRYING)
+        known = [obj for obj in OBJECTS if world.where(obj) is not None]
+        if known:
+            obj = rng.choice(known)
+            return Story(tuple(world.facts), f"Where is the {obj}?", world.where(obj))
+
+
+def qa3_story(rng: random.Random) -> Story:
+    """qa3, three supporting facts: "Where was the {object} before the {place}?" for a place the object reached
+    once, answered by the place it was in just before."""
+    while True:
+        world = World(rng)
+        world.narrate(rng.randint(*QA3_EVENTS), _CARRYING)
+        questions = [(obj, trail[i], trail[i - 1]) for obj, trail in world.trail.items()
+                     for i in range(1, len(trail)) if trail.count(trail[i]) == 1]
+        if questions:
+            obj, place, before = rng.choice(questions)
+            return Story(tuple(world.facts), f"Where was the {obj} before the {place}?", before)
+
+
+def qa5_story(rng: random.Random) -> Story:
+    """qa5, three-argument relations: who gave what to whom, asked in one of bAbI's five forms, always about a
+    hand-over the story makes unambiguous."""
+    while True:
+        world = World(rng, QA5_ACTORS)
+        world.narrate(rng.randint(*QA5_EVENTS), {"move": 0.4, "get": 0.3, "give": 0.3})
+        questions = _gift_questions(world.gifts)
+        if questions:
+            question, answer = rng.choice(questions)
+            return Story(tuple(world.facts), question, answer)
+
+
+def _gift_questions(gifts: list[tuple[str, str, str]]) -> list[tuple[str, str]]:
+    """Every (question, answer) about the hand-overs whose answer is the same for every hand-over it matches."""
+    forms = [
+        (lambda g, o, r: f"What did {g} give to {r}?", lambda g, o, r: o),
+        (lambda g, o, r: f"Who gave the {o} to {r}?", lambda g, o, r: g),
+        (lambda g, o, r: f"Who did {g} give the {o} to?", lambda g, o, r: r),
+        (lambda g, o, r: f"Who received the {o}?", lambda g, o, r: r),
+        (lambda g, o, r: f"Who gave the {o}?", lambda g, o, r: g),
+    ]
+    questions = []
+    for ask, answer in forms:
+        answers: dict[str, set[str]] = {}
+        for gift in gifts:
+            answers.setdefault(ask(*gift), set()).add(answer(*gift))
+        questions += [(question, next(iter(found))) for question, found in answers.items() if len(found) == 1]
+    return questions
+
+
 def read_babi(path: str | Path) -> list[BabiSample]:
     """Every question of an official bAbI file, with the sentences of its story that come before it."""
     path = Path(path)
@@ -169,7 +333,8 @@ def _parse_question(text: str, story: tuple[str, ...], index_of_id: dict[int, in
 
 
 def stories_from_babi(samples: Iterable[BabiSample], task: str) -> list[Story]:
-    """Stories for a task: "memorize"/"detect" hide the supporting sentences only, "reasoning" the whole story."""
+    """Stories for a task: "memorize"/"detect" hide the supporting sentences only; "reasoning" and BABILong's
+    qa tasks the whole story before the question, as BABILong does."""
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
     return [Story(facts=_facts_for(sample, task), question=sample.question, answer=sample.answer)
@@ -177,6 +342,12 @@ def stories_from_babi(samples: Iterable[BabiSample], task: str) -> list[Story]:
 
 
 def _facts_for(sample: BabiSample, task: str) -> tuple[str, ...]:
-    if task == "reasoning":
+    if task not in ("memorize", "detect"):
         return sample.story
     return tuple(sample.story[index] for index in sorted(set(sample.supporting)))
+
+
+STORY_GENERATORS = {
+    "memorize": location_story, "detect": location_story, "reasoning": relation_story,
+    "qa1": qa1_story, "qa2": qa2_story, "qa3": qa3_story, "qa4": relation_story, "qa5": qa5_story,
+}

@@ -1,4 +1,4 @@
-"""The DataModule for the synthetic fact tasks.
+"""The DataModule for the fact tasks: the RMT paper's (memorize, detect, reasoning) and BABILong's qa1-qa5.
 
 Training samples are generated on the fly, an endless stream seeded by (seed, rank, epoch, segment count, worker):
 distinct per process and worker, and the same again when a run resumes from a checkpoint at an epoch boundary.
@@ -15,7 +15,7 @@ import lightning as L
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 from transformers import PreTrainedTokenizerBase
 
-from memlm.data.babi import PLACES, read_babi, stories_from_babi
+from memlm.data.babi import TASK_LABELS, TASKS, read_babi, stories_from_babi
 from memlm.data.background import SentencePool, load_documents
 from memlm.data.tasks import SampleBuilder
 
@@ -74,7 +74,14 @@ class SegmentDataModule(L.LightningDataModule):
 
 class FactTaskDataModule(SegmentDataModule):
     objective = "answer"
-    answer_classes = PLACES
+
+    @staticmethod
+    def answer_classes(data: dict) -> tuple[str, ...]:
+        """The answers the data config's task can have: an encoder's classifier has one output for each."""
+        task = data.get("task", "memorize")
+        if task not in TASKS:
+            raise ValueError(f"data.task={task!r} is not one of {TASKS}")
+        return TASK_LABELS[task]
 
     def __init__(
         self,

@@ -210,7 +210,10 @@ class LanguageModelDataModule(SegmentDataModule):
     """`data=pg19` / `data=wikitext103`: next-token prediction on every token of a corpus's documents."""
 
     objective = "language_model"
-    answer_classes = ()
+
+    @staticmethod
+    def answer_classes(data: dict) -> tuple[str, ...]:
+        return ()
 
     def __init__(
         self,

@@ -1,0 +1,115 @@
+"""Training on BABILong and eval.py's task x length table under the official scoring rule."""
+
+import csv
+import json
+
+import pytest
+import torch
+
+import memlm.babilong_eval as babilong_eval
+from memlm.evaluation import evaluate
+from memlm.generation import Sampling, generate
+from memlm.module import load_checkpoint, read_checkpoint
+from memlm.training import train
+from tests.conftest import TINY_BERT
+from tests.test_evaluation import eval_cfg
+
+BABILONG = ["model=lm2", "model.memory_slots=4", "data=babilong", "data.task=qa1", "data.segment_length=128",
+            "data.val_samples=4"]
+
+
+@pytest.fixture
+def qa1_checkpoint(fast_cfg, tmp_path):
+    metrics = train(fast_cfg(*BABILONG, head=[]))
+    return tmp_path / "checkpoints" / "last.ckpt", metrics
+
+
+def test_lm2_trains_on_babilong_qa1(qa1_checkpoint):
+    checkpoint, metrics = qa1_checkpoint
+    hparams = read_checkpoint(checkpoint, "ckpt_path")["hyper_parameters"]
+
+    assert (hparams["data"]["task"], hparams["model"]["_target_"]) == ("qa1", "memlm.memory.LM2")
+    assert hparams["num_classes"] == 6
+    assert {"val/accuracy_1seg", "val/accuracy_2seg"} <= set(metrics)
+
+
+def test_eval_of_a_babilong_checkpoint_gives_its_task_at_standard_lengths(qa1_checkpoint, tmp_path):
+    checkpoint, _ = qa1_checkpoint
+    out = tmp_path / "eval"
+
+    report = evaluate(eval_cfg(f"ckpt_path={checkpoint}", "babilong.lengths=[0k,1k]", "samples=3",
+                               f"out_dir={out}"))
+
+    assert list(report.accuracy) == ["qa1"] and list(report.accuracy["qa1"]) == ["0k", "1k"]
+    with (out / "babilong_accuracy.csv").open() as file:
+        rows = list(csv.DictReader(file))
+    assert [(row["task"], row["length"], row["tokens"], row["samples"]) for row in rows] == [
+        ("qa1", "0k", "0", "3"), ("qa1", "1k", "1024", "3")]
+    assert all(0.0 <= float(row["accuracy"]) <= 1.0 for row in rows)
+    assert (out / "babilong_accuracy.png").stat().st_size > 1000
+
+
+def test_answers_are_greedy_generations_after_the_whole_prompt(qa1_checkpoint):
+    checkpoint, _ = qa1_checkpoint
+    model, _ = load_checkpoint(str(checkpoint))
+    prompts = [babilong_eval.Prompt(list(range(300 + n, 500 + n)), "Where is Mary?", "garden") for n in range(3)]
+
+    answers = babilong_eval.generated_answers(model.head, prompts, 128, batch_size=2, max_new_tokens=3)
+
+    for prompt, answer in zip(prompts, answers, strict=True):
+        alone = generate(model.head, torch.tensor([prompt.ids]), 128, Sampling(max_new_tokens=3))
+        assert answer == model.tokenizer.decode(alone[0], skip_special_tokens=True)
+
+
+@pytest.mark.parametrize(("answer", "expected"), [(None, 1.0), ("kitchen office", 0.0)])
+def test_every_task_scores_generated_answers_with_the_official_rule(fast_cfg, tmp_path, monkeypatch, answer,
+                                                                    expected):
+    train(fast_cfg())  # a memorize checkpoint: BABILong tasks are asked for explicitly
+    seen = []
+
+    def answers(head, prompts, segment_length, batch_size, max_new_tokens):
+        seen.extend(prompts)
+        return [answer or prompt.target.upper() + ". Office." for prompt in prompts]
+
+    monkeypatch.setattr(babilong_eval, "generated_answers", answers)
+    report = evaluate(eval_cfg(f"ckpt_path={tmp_path / 'checkpoints' / 'last.ckpt'}",
+                               "babilong.tasks=[qa1,qa2,qa3,qa4,qa5]", "babilong.lengths=[0k,1k]", "samples=4",
+                               f"out_dir={tmp_path / 'eval'}"))
+
+    assert report.accuracy == {task: {"0k": expected, "1k": expected} for task in ["qa1", "qa2", "qa3", "qa4", "qa5"]}
+    assert len(seen) == 5 * 2 * 4
+    assert {len(prompt.ids) for prompt in seen if len(prompt.ids) > 200} == {1024 - 2}
+
+
+def test_published_samples_are_prompted_as_input_then_question(fast_cfg, tmp_path, monkeypatch):
+    train(fast_cfg())
+    records = [{"input": f"Mary moved to the office. Day {n} was long.", "question": "Where is Mary?",
+                "target": "office"} for n in range(3)]
+    (tmp_path / "babilong" / "qa1").mkdir(parents=True)
+    (tmp_path / "babilong" / "qa1" / "0k.json").write_text(json.dumps(records))
+    seen = []
+
+    def answers(head, prompts, segment_length, batch_size, max_new_tokens):
+        seen.extend(head.backbone.tokenizer.decode(prompt.ids) for prompt in prompts)
+        return ["office"] * len(prompts)
+
+    monkeypatch.setattr(babilong_eval, "generated_answers", answers)
+    report = evaluate(eval_cfg(f"ckpt_path={tmp_path / 'checkpoints' / 'last.ckpt'}", "babilong.tasks=[qa1]",
+                               "babilong.lengths=[0k]", f"babilong.source={tmp_path / 'babilong'}",
+                               f"out_dir={tmp_path / 'eval'}"))
+
+    assert report.accuracy == {"qa1": {"0k": 1.0}} and report.samples == {"qa1": {"0k": 3}}
+    assert seen == [f" {record['input']} {record['question']}" for record in records]
+
+
+def test_an_encoder_classifies_qa5_answers_but_is_refused_by_babilong_eval(fast_cfg, tmp_path):
+    train(fast_cfg("data=babilong", "data.task=qa5", "data.segment_length=128", "data.val_samples=4", head=[],
+                   backbone=TINY_BERT))
+    path = tmp_path / "checkpoints" / "last.ckpt"
+    checkpoint = f"ckpt_path={path}"
+    state = read_checkpoint(path, "ckpt_path")["state_dict"]
+    assert state["objective.classifier.weight"].shape[0] == 7  # Bill, Fred, Jeff, Mary, apple, football, milk
+    with pytest.raises(ValueError, match=r"\['qa9'\] not among"):
+        evaluate(eval_cfg(checkpoint, "babilong.tasks=[qa1,qa9]"))
+    with pytest.raises(ValueError, match="needs a decoder checkpoint"):
+        evaluate(eval_cfg(checkpoint, "babilong.tasks=[qa1]"))
