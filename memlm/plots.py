@@ -56,10 +56,7 @@ def plot_heatmap(values: Mapping[str, Mapping[str, float]], path: Path, title: s
     fig.colorbar(image, ax=ax, label="accuracy")
     ax.set_xlabel("length")
     ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, path)
 
 
 def _log2_lengths(ax, lengths: Sequence[int]) -> None:
@@ -73,6 +70,10 @@ def _finish(fig, ax, path: Path, title: str, xlabel: str, ylabel: str) -> Path:
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def _save(fig, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
