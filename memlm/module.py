@@ -10,14 +10,13 @@ rebuilds its model with `MemoryLM.load_from_checkpoint(path)` and opens with `to
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import lightning as L
 import torch
 from hydra.utils import instantiate
 from transformers import get_scheduler
 
-from memlm.objectives import objective_for
+from memlm.metrics import metric_name
+from memlm.objectives import build_objective
 from memlm.recurrence import Recurrence
 
 
@@ -28,17 +27,18 @@ class MemoryLM(L.LightningModule):
         model: dict,
         recurrence: dict,
         optim: dict,
-        num_classes: int,
+        objective: str,
+        num_classes: int = 0,
         data: dict | None = None,
-        objective: str = "answer",
     ):
-        """`objective` is the data's ("answer" for the fact tasks, "language_model" for corpora); `data` is the
-        training data config, unused here but saved so evaluation rebuilds the same task."""
+        """`objective` is a name of `memlm.objectives.OBJECTIVES`, chosen with the data (`choose_objective`);
+        `num_classes` the answers an encoder's classifier chooses among; `data` is the training data config,
+        unused here but saved so evaluation rebuilds the same task."""
         super().__init__()
         self.save_hyperparameters()
         self.automatic_optimization = False
         self.head = instantiate(model, backbone=instantiate(backbone))
-        self.objective = objective_for(self.head.backbone, num_classes, objective)
+        self.objective = build_objective(objective, self.head.backbone, num_classes)
         self.recurrence = Recurrence(**recurrence)
         self.optim = dict(optim)
         # One score per validated segment count, made on first use: the counts come from the data, not the model.
@@ -88,9 +88,9 @@ class MemoryLM(L.LightningModule):
         for score in self.scores.values():
             if not score.update_called:
                 continue
+            headline = metric_name(self.objective.headline, score.num_segments, split=None)
             for name, value in score.compute().items():
-                headline = name.startswith(f"{self.objective.headline}_") and "/" not in name
-                self.log(f"val/{name}", value.float(), prog_bar=headline)
+                self.log(f"val/{name}", value.float(), prog_bar=name == headline)
             score.reset()
 
     def configure_optimizers(self):
@@ -107,26 +107,3 @@ class MemoryLM(L.LightningModule):
             num_training_steps=max(self.trainer.max_steps, 1),
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-
-def checkpoint_file(path: str, key: str) -> str:
-    """`path`, checked to be a file; otherwise an error naming the config key that gave it."""
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"{key}={path}: no such checkpoint file")
-    return str(path)
-
-
-def read_checkpoint(path: str, key: str) -> dict:
-    """A checkpoint file's contents, read with `weights_only=True` (memlm saves plain containers only)."""
-    return torch.load(checkpoint_file(path, key), map_location="cpu", weights_only=True)
-
-
-def load_checkpoint(path: str) -> tuple[MemoryLM, dict]:
-    """The model a checkpoint file holds, rebuilt from its hyper-parameters, and the checkpoint (read once)."""
-    checkpoint = read_checkpoint(path, "ckpt_path")
-    hparams = checkpoint.get("hyper_parameters", {})
-    if hparams.get("data") is None:
-        raise ValueError(f"ckpt_path={path} holds no training data config; it was not written by train.py")
-    model = MemoryLM(**hparams)
-    model.load_state_dict(checkpoint["state_dict"])
-    return model, checkpoint

@@ -1,103 +1,29 @@
-"""How segment outputs become a loss, and the figures validation reports.
+"""How segment outputs become a loss: the objective is chosen once, from the data and the backbone.
 
-- Answers (the fact tasks). Decoders answer generatively: cross-entropy on the answer tokens only, and a sample
-  counts as correct only if every answer token is the argmax. With teacher forcing that is exactly what greedy
-  decoding would emit, so it is an exact-match accuracy without a separate generation pass. Encoders classify the
-  last segment's summary (CLS) over a fixed set of answers.
-- Language modelling: cross-entropy on every labelled token. Perplexity is corpus-level and token-weighted, the
-  exponential of the summed negative log-likelihood over the number of tokens of the whole validation text, not a
-  mean of per-batch perplexities (which over-weights short batches); it is also reported per segment position, so
-  a reader sees whether later segments gain from memory.
+- Answers (the fact tasks). Decoders answer generatively (`generate_answer`): cross-entropy on the answer tokens
+  only, and a sample counts as correct only if every answer token is the argmax. With teacher forcing that is
+  exactly what greedy decoding would emit, so it is an exact-match accuracy without a separate generation pass.
+  Encoders classify the last segment's summary (CLS) over a fixed set of answers (`classify_answer`).
+- Language modelling (`next_token`): cross-entropy on every labelled token; perplexity is token-weighted over the
+  whole text (`memlm.metrics`).
 
-An objective fills a tally for one batch; the loss it returns per segment is already divided by the batch's number
-of targets, so the chunked backward in `memlm.recurrence` adds up to the same gradient as one backward. Validation
-accumulates tallies in a torchmetrics `Metric` per segment count (summed across processes under DDP).
+The loss an objective returns per segment is already divided by the batch's number of targets, so the chunked
+backward in `memlm.recurrence` adds up to the same gradient as one backward. Each objective also names the batch
+keys the data must produce for it (`batch_keys`); the DataModule is built for one objective and checks it serves it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchmetrics import Metric
 
 from memlm.backbones import Backbone
+from memlm.data.base import IGNORE
 from memlm.memory.base import SegmentOutput
+from memlm.metrics import AnswerScore, AnswerTally, SegmentPerplexity, TokenTally
 
-IGNORE = -100
-OBJECTIVES = ("answer", "language_model")
-
-
-@dataclass
-class AnswerTally:
-    """Per-sample error counts and the summed loss of one batch; a sample with no errors is correct."""
-
-    errors: torch.Tensor
-    num_targets: int
-    nll: torch.Tensor
-
-    @property
-    def correct(self) -> torch.Tensor:
-        return self.errors == 0
-
-
-@dataclass
-class TokenTally:
-    """Summed negative log-likelihood and token count at each segment position of one batch."""
-
-    nll: torch.Tensor
-    tokens: torch.Tensor
-    num_targets: int
-
-
-class AnswerScore(Metric):
-    """Exact-match accuracy and mean loss per answer token at one segment count."""
-
-    full_state_update = False
-
-    def __init__(self, num_segments: int):
-        super().__init__()
-        self.num_segments = num_segments
-        for name in ("correct", "samples", "nll", "targets"):
-            self.add_state(name, default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
-
-    def update(self, tally: AnswerTally) -> None:
-        self.correct += tally.correct.sum()
-        self.samples += tally.errors.numel()
-        self.nll += tally.nll
-        self.targets += tally.num_targets
-
-    def compute(self) -> dict[str, torch.Tensor]:
-        n = self.num_segments
-        return {f"accuracy_{n}seg": self.correct / self.samples, f"loss_{n}seg": self.nll / self.targets}
-
-
-class SegmentPerplexity(Metric):
-    """Token-weighted perplexity at one segment count, over all positions and at each segment position."""
-
-    full_state_update = False
-
-    def __init__(self, num_segments: int):
-        super().__init__()
-        self.num_segments = num_segments
-        zeros = torch.zeros(num_segments, dtype=torch.float64)
-        self.add_state("nll", default=zeros.clone(), dist_reduce_fx="sum")
-        self.add_state("tokens", default=zeros.clone(), dist_reduce_fx="sum")
-
-    def update(self, tally: TokenTally) -> None:
-        self.nll += tally.nll
-        self.tokens += tally.tokens
-
-    def compute(self) -> dict[str, torch.Tensor]:
-        n = self.num_segments
-        loss = self.nll.sum() / self.tokens.sum()
-        figures = {f"ppl_{n}seg": loss.exp(), f"loss_{n}seg": loss}
-        # A position no sample reaches (every window shorter than n segments) has no perplexity to report.
-        for k in self.tokens.nonzero()[:, 0].tolist():
-            figures[f"ppl_{n}seg/segment_{k + 1}"] = (self.nll[k] / self.tokens[k]).exp()
-        return figures
+DATA_KINDS = ("answer", "language_model")
 
 
 class AnswerObjective(nn.Module):
@@ -116,7 +42,9 @@ class AnswerObjective(nn.Module):
 
 
 class GenerativeAnswer(AnswerObjective):
-    """Next-token loss on answer tokens (`labels` != -100, already aligned to the position that predicts them)."""
+    """Next-token loss on answer tokens (`labels` != IGNORE, already aligned to the position that predicts them)."""
+
+    batch_keys = ("input_ids", "attention_mask", "labels")
 
     def start(self, batch: dict[str, torch.Tensor]) -> AnswerTally:
         labels = batch["labels"]
@@ -138,6 +66,8 @@ class GenerativeAnswer(AnswerObjective):
 class Classification(AnswerObjective):
     """A linear classifier over the last segment's summary; `class_label` holds the answer's index."""
 
+    batch_keys = ("input_ids", "attention_mask", "class_label")
+
     def __init__(self, hidden_size: int, num_classes: int):
         super().__init__()
         self.classifier = nn.Linear(hidden_size, num_classes)
@@ -158,11 +88,12 @@ class Classification(AnswerObjective):
 
 
 class LanguageModeling(nn.Module):
-    """Next-token loss on every labelled token (`labels` are the inputs shifted by one, -100 on padding)."""
+    """Next-token loss on every labelled token (`labels` are the inputs shifted by one, IGNORE on padding)."""
 
     headline = "ppl"
     higher_is_better = False
     score = SegmentPerplexity
+    batch_keys = ("input_ids", "attention_mask", "labels")
 
     def start(self, batch: dict[str, torch.Tensor]) -> TokenTally:
         labels = batch["labels"]
@@ -184,18 +115,31 @@ class LanguageModeling(nn.Module):
         return {"ppl": (tally.nll.sum() / tally.tokens.sum()).exp()}
 
 
+OBJECTIVES = {"generate_answer": GenerativeAnswer, "classify_answer": Classification, "next_token": LanguageModeling}
+
+
+def choose_objective(data_kind: str, is_decoder: bool) -> str:
+    """The one place that decides how a model learns its data: decoders answer in words, encoders pick a class,
+    and corpora are modelled token by token, which needs a decoder."""
+    if data_kind not in DATA_KINDS:
+        raise ValueError(f"data kind {data_kind!r} is not one of {DATA_KINDS}")
+    if data_kind == "language_model":
+        if not is_decoder:
+            raise ValueError("language modelling needs a decoder backbone; this one is an encoder (choose "
+                             "backbone=tiny_gpt2, smollm2 or another causal LM)")
+        return "next_token"
+    return "generate_answer" if is_decoder else "classify_answer"
+
+
+def build_objective(name: str, backbone: Backbone, num_classes: int) -> nn.Module:
+    if name not in OBJECTIVES:
+        raise ValueError(f"objective {name!r} is not one of {tuple(OBJECTIVES)}")
+    if name == "classify_answer":
+        return Classification(backbone.hidden_size, num_classes)
+    return OBJECTIVES[name]()
+
+
 def scored_logits(backbone: Backbone, out: SegmentOutput, labels: torch.Tensor, scored: torch.Tensor):
     """Next-token logits (float32) and targets at the scored positions only: the vocabulary projection is the
     costliest step, and positions without a label need none."""
     return backbone.logits(out.token_states[scored]).float(), labels[scored]
-
-
-def objective_for(backbone: Backbone, num_classes: int, objective: str = "answer") -> nn.Module:
-    """The data's objective; for answers, decoders answer in words and encoders pick a class."""
-    if objective not in OBJECTIVES:
-        raise ValueError(f"objective {objective!r} is not one of {OBJECTIVES}")
-    if objective == "language_model":
-        if not backbone.is_decoder:
-            raise ValueError("language modelling needs a decoder backbone; this one is an encoder")
-        return LanguageModeling()
-    return GenerativeAnswer() if backbone.is_decoder else Classification(backbone.hidden_size, num_classes)

@@ -7,53 +7,50 @@ import json
 from pathlib import Path
 
 import lightning as L
+from hydra.errors import InstantiationException
 from hydra.utils import get_class, instantiate
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
+from transformers import PreTrainedTokenizerBase
 
+from memlm.backbones import load_tokenizer
+from memlm.checkpointing import load_initial_weights, resume_checkpoint
 from memlm.curriculum import SegmentCurriculum
-from memlm.module import MemoryLM, checkpoint_file, read_checkpoint
+from memlm.data.base import MemoryDataModule
+from memlm.metrics import metric_name
+from memlm.module import MemoryLM
+from memlm.objectives import choose_objective
 from memlm.plots import plot_by_length
 
 
-def build_model(cfg: DictConfig) -> MemoryLM:
+def build_datamodule(data: DictConfig | dict, tokenizer: PreTrainedTokenizerBase, is_decoder: bool
+                     ) -> MemoryDataModule:
+    """The DataModule of a data config, built for the one objective its kind of data and the backbone call for."""
+    objective = choose_objective(get_class(data["_target_"]).kind, is_decoder)
+    try:
+        return instantiate(data, tokenizer=tokenizer, objective=objective)
+    except InstantiationException as error:
+        # The DataModule's own error names the key and the fix; Hydra's wrapper would bury it in a repr.
+        raise (error.__cause__ or error) from None
+
+
+def build(cfg: DictConfig) -> tuple[MemoryDataModule, MemoryLM]:
+    """Everything a run needs, in one order: tokenizer, DataModule, model, and the check that they fit together."""
     plain = OmegaConf.to_container(cfg, resolve=True)
-    data_class = get_class(cfg.data._target_)
-    return MemoryLM(
-        backbone=plain["backbone"],
+    backbone = plain["backbone"]
+    tokenizer = load_tokenizer(backbone.get("tokenizer") or backbone["name_or_path"])
+    datamodule = build_datamodule(cfg.data, tokenizer, is_decoder=backbone.get("kind", "causal") == "causal")
+    model = MemoryLM(
+        backbone=backbone,
         model=plain["model"],
         recurrence=plain["recurrence"],
         optim=plain["optim"],
-        num_classes=len(data_class.answer_classes(cfg.data)),
+        objective=datamodule.objective,
+        num_classes=datamodule.num_classes,
         data=plain["data"],
-        objective=data_class.objective,
     )
-
-
-def load_initial_weights(model: MemoryLM, path: str) -> None:
-    """Start from a checkpoint's model weights only: a new run with its own optimiser, step and curriculum."""
-    state = read_checkpoint(path, "init_weights")["state_dict"]
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ValueError(
-            f"init_weights={path} does not match this model (missing {missing[:5]}, unexpected {unexpected[:5]}): "
-            "use a checkpoint of the same backbone and head"
-        )
-
-
-def build_datamodule(data: DictConfig | dict, model: MemoryLM) -> L.LightningDataModule:
-    answer_format = "generate" if model.head.backbone.is_decoder else "classify"
-    datamodule = instantiate(data, tokenizer=model.tokenizer, answer_format=answer_format)
     model.head.check_fits(datamodule.segment_length)
-    return datamodule
-
-
-def resume_checkpoint(cfg: DictConfig, run_dir: Path) -> str | None:
-    """`ckpt_path` if given, else the run directory's own last checkpoint, so a re-run in place resumes."""
-    if cfg.ckpt_path is not None:
-        return checkpoint_file(cfg.ckpt_path, "ckpt_path")
-    last = run_dir / "checkpoints" / "last.ckpt"
-    return str(last) if last.is_file() else None
+    return datamodule, model
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
@@ -62,10 +59,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     run_dir = Path(cfg.run_dir)
     # Read first: a missing mandatory value (hmt_stage2's stage1_checkpoint) fails before any work.
     init_weights = cfg.init_weights
-    model = build_model(cfg)
+    datamodule, model = build(cfg)
     if init_weights is not None:
         load_initial_weights(model, init_weights)
-    datamodule = build_datamodule(cfg.data, model)
     objective = model.objective
     curriculum = SegmentCurriculum(
         datamodule, **cfg.curriculum, metric=objective.headline, higher_is_better=objective.higher_is_better
@@ -82,7 +78,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     trainer = instantiate(
         cfg.trainer, callbacks=[*callbacks, curriculum], logger=loggers or False, default_root_dir=run_dir
     )
-    ckpt_path = resume_checkpoint(cfg, run_dir)
+    ckpt_path = resume_checkpoint(cfg.ckpt_path, run_dir)
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
     report(run_dir, metrics, curriculum, trainer)
@@ -93,7 +89,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
 def report(run_dir: Path, metrics: dict[str, float], curriculum: SegmentCurriculum, trainer: L.Trainer) -> None:
     """Write summary.json and a plot of the curriculum's figure into the run directory; say where everything is."""
     name = curriculum.metric
-    by_length = {n: metrics[f"val/{name}_{n}seg"] for n in curriculum.segments if f"val/{name}_{n}seg" in metrics}
+    by_length = {n: metrics[metric_name(name, n)] for n in curriculum.segments if metric_name(name, n) in metrics}
     summary = {
         "global_step": trainer.global_step,
         "curriculum": curriculum.state_dict(),
@@ -103,7 +99,9 @@ def report(run_dir: Path, metrics: dict[str, float], curriculum: SegmentCurricul
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     plot = plot_by_length(by_length, run_dir / f"{name}.png", title=f"validation {name} after training", ylabel=name)
     checkpoint = trainer.checkpoint_callback.last_model_path if trainer.checkpoint_callback else None
-    log_dirs = [str(getattr(logger, "log_dir", None) or logger.save_dir) for logger in trainer.loggers]
+    # fast_dev_run swaps the loggers for a dummy that writes nowhere.
+    log_dirs = [str(path) for logger in trainer.loggers
+                if (path := getattr(logger, "log_dir", None) or logger.save_dir)]
     lines = ["", f"finished at step {trainer.global_step}; validation {name} by segment count:"]
     lines += [f"  {n:>4} segments: {value:.3f}" for n, value in by_length.items()]
     lines += [

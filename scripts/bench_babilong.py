@@ -24,7 +24,8 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 from benchmarking import composed, machine, train_on_budget  # noqa: E402
 
-from memlm.evaluation import evaluate  # noqa: E402
+from memlm.evaluation import EVAL_CONFIG, evaluate  # noqa: E402
+from memlm.metrics import metric_name  # noqa: E402
 
 HEADS = {"lm2": ["model=lm2"], "rmt": ["model=rmt"], "hmt": ["model=hmt"], "baseline": ["model=baseline"]}
 
@@ -34,7 +35,7 @@ def bench_head(head: str, args: argparse.Namespace) -> dict:
     metrics, train_seconds = train_on_budget([*HEADS[head], "data=babilong", f"data.task={args.task}"], run_dir,
                                              args.segments, args.steps_per_stage)
     started = time.perf_counter()
-    report = evaluate(composed("eval", [
+    report = evaluate(composed(EVAL_CONFIG, [
         f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}",
         f"babilong.lengths=[{','.join(args.lengths)}]",
         f"samples={args.samples}",
@@ -47,7 +48,7 @@ def bench_head(head: str, args: argparse.Namespace) -> dict:
         "train_seconds": round(train_seconds, 1),
         "eval_seconds": round(time.perf_counter() - started, 1),
         "steps": args.steps_per_stage * len(args.segments),
-        "val_exact_match_by_segments": {n: metrics[f"val/accuracy_{n}seg"] for n in args.segments},
+        "val_exact_match_by_segments": {n: metrics[metric_name("accuracy", n)] for n in args.segments},
         "accuracy_by_length": report.accuracy[args.task],
     }
 

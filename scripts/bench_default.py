@@ -11,25 +11,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-import torch  # noqa: E402
-from hydra import compose, initialize_config_dir  # noqa: E402
+from benchmarking import composed, machine  # noqa: E402
 
-from memlm.evaluation import evaluate  # noqa: E402
+from memlm.evaluation import EVAL_CONFIG, evaluate  # noqa: E402
+from memlm.metrics import metric_name  # noqa: E402
 from memlm.training import train  # noqa: E402
-
-CONF = Path(__file__).resolve().parents[1] / "conf"
-
-
-def composed(config_name: str, overrides: list[str]):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name=config_name, overrides=overrides)
 
 
 def bench_head(head: str, lengths: list[int], samples: int, out: Path) -> dict:
@@ -38,7 +30,7 @@ def bench_head(head: str, lengths: list[int], samples: int, out: Path) -> dict:
     metrics = train(composed("train", [f"model={head}", f"run_dir={run_dir}", "callbacks.progress_bar=null"]))
     train_seconds = time.perf_counter() - started
     summary = json.loads((run_dir / "summary.json").read_text())
-    test_accuracy = evaluate(composed("eval", [
+    test_accuracy = evaluate(composed(EVAL_CONFIG, [
         f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}",
         f"lengths=[{','.join(map(str, lengths))}]",
         f"samples={samples}",
@@ -50,10 +42,8 @@ def bench_head(head: str, lengths: list[int], samples: int, out: Path) -> dict:
         "train_seconds": round(train_seconds, 1),
         "steps": summary["global_step"],
         "curriculum": summary["curriculum"]["history"],
-        "val_accuracy_by_segments": {
-            key.removeprefix("val/accuracy_").removesuffix("seg"): value
-            for key, value in metrics.items() if key.startswith("val/accuracy_")
-        },
+        "val_accuracy_by_segments": {n: metrics[metric_name("accuracy", n)] for n in summary["curriculum"]["segments"]
+                                     if metric_name("accuracy", n) in metrics},
         "test_accuracy_by_segments": test_accuracy,
     }
 
@@ -69,8 +59,7 @@ def main() -> None:
 
     results = [bench_head(head, args.lengths, args.samples, args.out) for head in args.heads]
     report = {
-        "machine": {"cpu_threads": torch.get_num_threads(), "cpus": os.cpu_count(), "python": platform.python_version(),
-                    "torch": torch.__version__},
+        "machine": machine(),
         "lengths_in_segments_of_32_tokens": args.lengths,
         "results": results,
     }

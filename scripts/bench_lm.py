@@ -26,7 +26,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 from benchmarking import composed, machine, train_on_budget  # noqa: E402
 
-from memlm.evaluation import evaluate  # noqa: E402
+from memlm.evaluation import EVAL_CONFIG, evaluate  # noqa: E402
 
 HEADS = {
     "hmt": ["model=hmt"],
@@ -41,7 +41,7 @@ def bench_head(head: str, args: argparse.Namespace) -> dict:
     _, train_seconds = train_on_budget([*HEADS[head], f"data={args.data}"], run_dir, args.segments,
                                        args.steps_per_stage)
     started = time.perf_counter()
-    report = evaluate(composed("eval", [
+    report = evaluate(composed(EVAL_CONFIG, [
         f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}",
         f"lengths=[{','.join(map(str, args.lengths))}]",
         "samples=null",

@@ -18,8 +18,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
+from memlm.checkpointing import load_checkpoint  # noqa: E402
 from memlm.generation import Sampling, generate  # noqa: E402
-from memlm.module import load_checkpoint  # noqa: E402
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:

@@ -33,8 +33,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
+from memlm.checkpointing import load_checkpoint  # noqa: E402
 from memlm.memory import HMT  # noqa: E402
-from memlm.module import load_checkpoint  # noqa: E402
 from memlm.training import build_datamodule  # noqa: E402
 
 
@@ -128,7 +128,8 @@ def main(argv: list[str] | None = None) -> list[Path]:
         if args.cache_size < 1:
             parser.error("--cache-size must be at least 1")
         head.cache_size = args.cache_size
-    datamodule = build_datamodule(model.hparams.data, model)
+    datamodule = build_datamodule(model.hparams.data, model.tokenizer, model.head.backbone.is_decoder)
+    datamodule.prepare_data()
     sample = datamodule.samples(args.split, args.segments, 1)[0]
     sizes, weights = memory_trace(head, sample["input_ids"][None], sample["attention_mask"][None])
     out = args.out or args.checkpoint.resolve().parent.parent / "hmt_memory"

@@ -1,5 +1,7 @@
 """Shared fixtures: offline hub settings, a small generated background corpus, composed configs for fast runs."""
 
+import copy
+import functools
 import os
 import random
 from pathlib import Path
@@ -100,20 +102,42 @@ FAST_LM = [
 
 
 def compose_train(overrides: list[str]) -> DictConfig:
+    """The training config for `overrides`; a copy, so a test may change it."""
+    return copy.deepcopy(_composed(tuple(overrides)))
+
+
+@functools.cache
+def _composed(overrides: tuple[str, ...]) -> DictConfig:
+    # Composing takes about 0.1 s and many tests compose the same configuration (the heads table, say).
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="train", overrides=overrides)
+        return compose(config_name="train", overrides=list(overrides))
+
+
+def fast_config(background: Path, run_dir: Path, *overrides: str, backbone: list[str] = TINY_GPT2,
+                head: list[str] = SMALL_RMT) -> DictConfig:
+    """A composed training config for a quick run in `run_dir`; extra overrides come last and win."""
+    return compose_train([*backbone, *head, *FAST, f"data.background={background}", f"run_dir={run_dir}", *overrides])
 
 
 @pytest.fixture
 def fast_cfg(tmp_path, background):
-    """A composed training config for a quick run in tmp_path; extra overrides come last and win."""
+    """`fast_config` in tmp_path."""
 
     def make(*overrides: str, backbone: list[str] = TINY_GPT2, head: list[str] = SMALL_RMT) -> DictConfig:
-        return compose_train(
-            [*backbone, *head, *FAST, f"data.background={background}", f"run_dir={tmp_path}", *overrides]
-        )
+        return fast_config(background, tmp_path, *overrides, backbone=backbone, head=head)
 
     return make
+
+
+@pytest.fixture(scope="module")
+def memorize_run(tmp_path_factory, background) -> tuple[Path, dict[str, float]]:
+    """One quick memorize run per test module, for tests that only read its checkpoint: the checkpoint's path and
+    the final validation metrics."""
+    from memlm.training import train
+
+    run_dir = tmp_path_factory.mktemp("memorize")
+    metrics = train(fast_config(background, run_dir))
+    return run_dir / "checkpoints" / "last.ckpt", metrics
 
 
 @pytest.fixture

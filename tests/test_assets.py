@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from memlm import assets
+from memlm.assets import staging
 
 MARY_IDS = [24119, 1816, 284, 262, 12436, 13]
 ARTICLE_HEADING = re.compile(r"^ = [^=].* = $")
@@ -23,7 +24,7 @@ def test_cache_dir_honours_memlm_cache(tmp_path, monkeypatch):
 
 def test_cache_dir_defaults_to_repo_cache(monkeypatch):
     monkeypatch.delenv("MEMLM_CACHE", raising=False)
-    assert assets.cache_dir() == Path(assets.__file__).resolve().parents[1] / ".cache"
+    assert assets.cache_dir() == Path(__file__).resolve().parents[1] / ".cache"
 
 
 def test_failed_preparation_leaves_nothing_that_looks_complete(tmp_path, monkeypatch):
@@ -34,27 +35,49 @@ def test_failed_preparation_leaves_nothing_that_looks_complete(tmp_path, monkeyp
         raise RuntimeError("interrupted")
 
     with pytest.raises(RuntimeError, match="interrupted"):
-        assets._prepared("demo", ["a.txt", "b.txt"], half_then_fail)
+        staging.prepared("demo", ["a.txt", "b.txt"], half_then_fail)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_failed_command_names_asset_command_and_fix():
+    command = [sys.executable, "-c", "raise SystemExit('no mirror')"]
     with pytest.raises(RuntimeError) as error:
-        assets._run([sys.executable, "-c", "raise SystemExit('no mirror')"], "demo-asset", "Run `apt-get update`.")
+        staging.run_command(command, "demo-asset", "Run `apt-get update`.")
     message = str(error.value)
     assert "demo-asset" in message and "no mirror" in message and "apt-get update" in message
     assert sys.executable in message
 
 
-def test_prepare_rejects_unknown_names():
+def test_prepare_and_folder_reject_unknown_names():
     with pytest.raises(ValueError, match="gpt2-tokenizer"):
         assets.prepare(["no-such-asset"])
+    with pytest.raises(ValueError, match="gpt2-tokenizer"):
+        assets.folder("no-such-asset")
+
+
+def test_folder_of_an_unprepared_asset_names_the_fix_and_builds_nothing(tmp_path, monkeypatch):
+    empty_cache = tmp_path / "empty-cache"
+    monkeypatch.setenv("MEMLM_CACHE", str(empty_cache))
+    with pytest.raises(FileNotFoundError) as error:
+        assets.folder("austen")
+    message = str(error.value)
+    assert "'austen'" in message and str(empty_cache) in message
+    assert "python -m memlm.assets austen" in message and "make assets" in message
+    assert list(empty_cache.iterdir()) == []
+
+
+def test_importing_assets_and_looking_up_a_folder_imports_no_builder():
+    assets.prepare(["austen"])
+    code = ("import sys; from memlm import assets; assets.folder('austen'); "
+            "print(sorted(name for name in sys.modules if name.startswith('memlm.assets.')))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
 
 
 def test_gpt2_tokenizer_matches_gpt2():
     from transformers import AutoTokenizer, GPT2TokenizerFast
 
-    folder = assets.gpt2_tokenizer()
+    folder = assets.prepare(["gpt2-tokenizer"])["gpt2-tokenizer"]
     for loader in (GPT2TokenizerFast, AutoTokenizer):
         tokenizer = loader.from_pretrained(folder)
         assert tokenizer("Mary went to the bathroom.")["input_ids"] == MARY_IDS
@@ -63,22 +86,30 @@ def test_gpt2_tokenizer_matches_gpt2():
 
 
 def test_prepared_asset_returns_at_once():
-    first = assets.austen_books()
+    first = assets.prepare(["austen"])["austen"]
     started = time.perf_counter()
     assert assets.prepare(["austen"]) == {"austen": first}
+    assert assets.folder("austen") == first
     assert time.perf_counter() - started < 0.5
 
 
 def test_cli_prepares_the_default_assets():
-    assets.prepare(assets.DEFAULT_ASSETS)
+    folders = assets.prepare(assets.DEFAULT_ASSETS)
     result = subprocess.run([sys.executable, "-m", "memlm.assets"], capture_output=True, text=True, check=True)
     printed = dict(line.split("\t") for line in result.stdout.splitlines())
-    assert printed == {"gpt2-tokenizer": str(assets.gpt2_tokenizer()), "austen": str(assets.austen_books())}
+    assert printed == {"gpt2-tokenizer": str(folders["gpt2-tokenizer"]), "austen": str(folders["austen"])}
+
+
+def test_the_austen_file_list_names_every_novel_built():
+    from memlm.assets.austen import AUSTEN_NOVELS
+
+    books = {f"{novel.split}/{novel.gutenberg_id}.txt" for novel in AUSTEN_NOVELS}
+    assert set(assets.ASSETS["austen"].files) == {"metadata.csv", *books}
 
 
 @pytest.fixture(scope="module")
 def austen() -> Path:
-    return assets.austen_books()
+    return assets.prepare(["austen"])["austen"]
 
 
 def test_austen_has_pg19_layout(austen):
@@ -106,7 +137,7 @@ def test_austen_books_are_whole_novels(austen):
 
 @pytest.fixture(scope="module")
 def wikitext() -> Path:
-    return assets.wikipedia_articles()
+    return assets.prepare(["wikipedia"])["wikipedia"]
 
 
 def test_wikitext_has_articles_in_raw_format(wikitext):
@@ -137,7 +168,7 @@ def test_smollm2_loads_and_predicts():
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    folder = assets.smollm2_135m()
+    folder = assets.prepare(["smollm2-135m"])["smollm2-135m"]
     started = time.perf_counter()
     model = AutoModelForCausalLM.from_pretrained(folder)
     tokenizer = AutoTokenizer.from_pretrained(folder)
@@ -161,7 +192,7 @@ def test_minilm_encodes_similar_sentences_closer():
     import torch
     from transformers import AutoModel, AutoTokenizer
 
-    folder = assets.minilm_l6()
+    folder = assets.prepare(["all-minilm-l6-v2"])["all-minilm-l6-v2"]
     model = AutoModel.from_pretrained(folder).eval()
     tokenizer = AutoTokenizer.from_pretrained(folder)
     assert model.config.num_hidden_layers == 6 and model.config.hidden_size == 384

@@ -12,8 +12,8 @@ from memlm.data.babi import (
     location_story,
     read_babi,
     relation_story,
-    stories_from_babi,
 )
+from memlm.data.tasks import task
 from tests.conftest import QA1, QA4
 
 DIRECTION_STEP = {"north": (0, 1), "south": (0, -1), "east": (1, 0), "west": (-1, 0)}
@@ -48,7 +48,7 @@ def test_read_babi_starts_a_new_story_when_ids_restart(tmp_path):
 
 def test_read_babi_qa4_and_reasoning_stories_keep_both_sentences(tmp_path):
     samples = read_babi(write(tmp_path, "qa4_two-arg-relations_train.txt", QA4))
-    stories = stories_from_babi(samples, "reasoning")
+    stories = task("reasoning").stories_from_babi(samples)
 
     assert stories == [
         Story(facts=("The office is north of the kitchen.", "The garden is south of the kitchen."),
@@ -58,11 +58,11 @@ def test_read_babi_qa4_and_reasoning_stories_keep_both_sentences(tmp_path):
     ]
 
 
-@pytest.mark.parametrize("task", ["memorize", "detect"])
-def test_stories_from_babi_keeps_only_supporting_facts_for_memory_tasks(tmp_path, task):
+@pytest.mark.parametrize("name", ["memorize", "detect"])
+def test_stories_from_babi_keeps_only_supporting_facts_for_memory_tasks(tmp_path, name):
     samples = read_babi(write(tmp_path, "qa1.txt", QA1))
 
-    stories = stories_from_babi(samples, task)
+    stories = task(name).stories_from_babi(samples)
 
     assert [story.facts for story in stories] == [("Mary moved to the bathroom.",),
                                                   ("Daniel went back to the hallway.",),
@@ -73,12 +73,12 @@ def test_stories_from_babi_keeps_only_supporting_facts_for_memory_tasks(tmp_path
 def test_stories_from_babi_orders_facts_as_in_the_story():
     sample = BabiSample(story=("a.", "b.", "c."), question="q?", answer="x", supporting=(2, 0))
 
-    assert stories_from_babi([sample], "memorize")[0].facts == ("a.", "c.")
+    assert task("memorize").stories_from_babi([sample])[0].facts == ("a.", "c.")
 
 
-def test_stories_from_babi_rejects_an_unknown_task():
-    with pytest.raises(ValueError, match="unknown task 'recall'"):
-        stories_from_babi([], "recall")
+def test_an_unknown_task_is_refused_naming_the_key():
+    with pytest.raises(ValueError, match="data.task='recall' is not one of"):
+        task("recall")
 
 
 @pytest.mark.parametrize(

@@ -9,20 +9,15 @@ import pytest
 import torch
 
 from memlm.backbones import load_tokenizer
-from memlm.data.babi import (
-    MOVE_VERBS,
-    OBJECTS,
-    QA_TASKS,
-    STORY_GENERATORS,
-    TASK_LABELS,
-    read_babi,
-    stories_from_babi,
-)
+from memlm.data.babi import MOVE_VERBS, OBJECTS, read_babi
 from memlm.data.babilong import answer_is_correct, length_tokens, published_samples
 from memlm.data.background import SentencePool, load_documents
-from memlm.data.tasks import SampleBuilder
-from memlm.objectives import IGNORE
+from memlm.data.base import IGNORE
+from memlm.data.facts import SampleBuilder
+from memlm.data.tasks import TASKS, babilong_tasks
 from tests.conftest import QA1
+
+QA_TASKS = babilong_tasks()
 
 MOVE = re.compile(rf"(\w+) (?:{'|'.join(MOVE_VERBS)}) to the (\w+)\.")
 GET = re.compile(r"(\w+) (?:got|grabbed|picked up|took) the (\w+) there\.")
@@ -95,29 +90,29 @@ def answers_by_replay(story):
 
 @pytest.mark.parametrize("task", ["qa1", "qa2", "qa3", "qa5"])
 def test_generated_stories_are_possible_and_their_answer_is_the_only_one(task):
-    stories = [STORY_GENERATORS[task](random.Random(seed)) for seed in range(300)]
+    stories = [TASKS[task].story(random.Random(seed)) for seed in range(300)]
 
     for story in stories:
         assert answers_by_replay(story) == {story.answer}, story
-    assert {story.answer for story in stories} == set(TASK_LABELS[task])
+    assert {story.answer for story in stories} == set(TASKS[task].labels)
     assert len({story.facts for story in stories}) > 250
 
 
 def test_story_generators_are_deterministic_and_sized_like_babi():
     for task in QA_TASKS:
-        assert STORY_GENERATORS[task](random.Random(3)) == STORY_GENERATORS[task](random.Random(3))
-    qa1_sizes = {len(STORY_GENERATORS["qa1"](random.Random(seed)).facts) for seed in range(100)}
+        assert TASKS[task].story(random.Random(3)) == TASKS[task].story(random.Random(3))
+    qa1_sizes = {len(TASKS["qa1"].story(random.Random(seed)).facts) for seed in range(100)}
     assert qa1_sizes == {2, 4, 6, 8, 10}
-    assert all(len(STORY_GENERATORS["qa4"](random.Random(seed)).facts) == 2 for seed in range(50))
+    assert all(len(TASKS["qa4"].story(random.Random(seed)).facts) == 2 for seed in range(50))
     # qa2 and qa3 need objects carried around.
-    assert any(obj in fact for obj in OBJECTS for fact in STORY_GENERATORS["qa3"](random.Random(0)).facts)
+    assert any(obj in fact for obj in OBJECTS for fact in TASKS["qa3"].story(random.Random(0)).facts)
 
 
 def test_official_babi_stories_keep_every_fact_for_qa_tasks(tmp_path):
     path = tmp_path / "qa1_single-supporting-fact_train.txt"
     path.write_text(QA1)
 
-    stories = stories_from_babi(read_babi(path), "qa1")
+    stories = TASKS["qa1"].stories_from_babi(read_babi(path))
 
     assert stories[1].facts == ("Mary moved to the bathroom.", "John went to the hallway.",
                                 "Daniel went back to the hallway.", "Sandra moved to the garden.")
@@ -145,7 +140,7 @@ def test_standard_lengths_in_tokens():
     ],
 )
 def test_official_scoring_rule(target, output, question, correct):
-    labels = TASK_LABELS["qa5"] if target in TASK_LABELS["qa5"] else TASK_LABELS["qa1"]
+    labels = TASKS["qa5"].labels if target in TASKS["qa5"].labels else TASKS["qa1"].labels
     assert answer_is_correct(target, output, question, labels) is correct
 
 
@@ -162,7 +157,7 @@ def pool(gpt2_tokenizer, background):
 
 @pytest.mark.parametrize("task", QA_TASKS)
 def test_a_sample_hides_every_fact_in_order_and_ends_with_its_answer_at_a_random_point(task, pool, gpt2_tokenizer):
-    builder = SampleBuilder(task, pool, gpt2_tokenizer, segment_length=128, answer_format="generate")
+    builder = SampleBuilder(TASKS[task], pool, gpt2_tokenizer, segment_length=128, generates_answer=True)
     ends = set()
     for seed in range(20):
         sample = builder.build(random.Random(seed), num_segments=3)
@@ -180,13 +175,13 @@ def test_a_sample_hides_every_fact_in_order_and_ends_with_its_answer_at_a_random
         labels = sample["labels"].flatten()
         assert gpt2_tokenizer.decode(labels[labels != IGNORE]) == f" {story.answer}<|endoftext|>"
         assert (labels[length - 1 :] == IGNORE).all()
-        assert int(sample["class_label"]) == TASK_LABELS[task].index(story.answer)
+        assert int(sample["class_label"]) == TASKS[task].labels.index(story.answer)
     assert len(ends) > 10
 
 
 @pytest.mark.parametrize("task", QA_TASKS)
 def test_prompts_fill_a_standard_length_but_leave_room_for_the_answer(task, pool, gpt2_tokenizer):
-    builder = SampleBuilder(task, pool, gpt2_tokenizer, segment_length=128, answer_format="generate")
+    builder = SampleBuilder(TASKS[task], pool, gpt2_tokenizer, segment_length=128, generates_answer=True)
     for seed in range(5):
         ids, story = builder.prompt(random.Random(seed), length_tokens("1k"))
         assert len(ids) == 1024 - builder.answer_room
@@ -244,7 +239,7 @@ def test_published_file_errors_name_the_file_and_the_fix(tmp_path):
 
 
 def test_a_story_too_long_for_the_sample_is_replaced_by_one_that_fits(pool, gpt2_tokenizer):
-    builder = SampleBuilder("qa3", pool, gpt2_tokenizer, segment_length=128, answer_format="generate")
+    builder = SampleBuilder(TASKS["qa3"], pool, gpt2_tokenizer, segment_length=128, generates_answer=True)
     long_stories = sum(len(builder.encode(" ".join(builder.story(random.Random(seed)).facts))) > 110
                        for seed in range(100))
     assert long_stories > 10  # so one segment cannot take every story
@@ -254,6 +249,6 @@ def test_a_story_too_long_for_the_sample_is_replaced_by_one_that_fits(pool, gpt2
         text = gpt2_tokenizer.decode(sample["input_ids"][0, : int(sample["attention_mask"].sum())])
         assert re.search(r" Where was the \w+ before the \w+\? \w+<\|endoftext\|>$", text)
 
-    too_short = SampleBuilder("qa3", pool, gpt2_tokenizer, segment_length=24, answer_format="generate")
+    too_short = SampleBuilder(TASKS["qa3"], pool, gpt2_tokenizer, segment_length=24, generates_answer=True)
     with pytest.raises(ValueError, match=r"1 segment\(s\) of data.segment_length=24 .* qa3's stories"):
         too_short.build(random.Random(0), num_segments=1)

@@ -6,22 +6,23 @@ import json
 import pytest
 import torch
 
-import memlm.babilong_eval as babilong_eval
+import memlm.evaluation.babilong as babilong_eval
+from memlm.checkpointing import load_checkpoint, read_checkpoint
 from memlm.evaluation import evaluate
 from memlm.generation import Sampling, generate
-from memlm.module import load_checkpoint, read_checkpoint
 from memlm.training import train
-from tests.conftest import TINY_BERT
+from tests.conftest import TINY_BERT, fast_config
 from tests.test_evaluation import eval_cfg
 
 BABILONG = ["model=lm2", "model.memory_slots=4", "data=babilong", "data.task=qa1", "data.segment_length=128",
             "data.val_samples=4"]
 
 
-@pytest.fixture
-def qa1_checkpoint(fast_cfg, tmp_path):
-    metrics = train(fast_cfg(*BABILONG, head=[]))
-    return tmp_path / "checkpoints" / "last.ckpt", metrics
+@pytest.fixture(scope="module")
+def qa1_checkpoint(tmp_path_factory, background):
+    run_dir = tmp_path_factory.mktemp("qa1")
+    metrics = train(fast_config(background, run_dir, *BABILONG, head=[]))
+    return run_dir / "checkpoints" / "last.ckpt", metrics
 
 
 def test_lm2_trains_on_babilong_qa1(qa1_checkpoint):
@@ -62,9 +63,9 @@ def test_answers_are_greedy_generations_after_the_whole_prompt(qa1_checkpoint):
 
 
 @pytest.mark.parametrize(("answer", "expected"), [(None, 1.0), ("kitchen office", 0.0)])
-def test_every_task_scores_generated_answers_with_the_official_rule(fast_cfg, tmp_path, monkeypatch, answer,
+def test_every_task_scores_generated_answers_with_the_official_rule(memorize_run, tmp_path, monkeypatch, answer,
                                                                     expected):
-    train(fast_cfg())  # a memorize checkpoint: BABILong tasks are asked for explicitly
+    checkpoint, _ = memorize_run  # a memorize checkpoint: BABILong tasks are asked for explicitly
     seen = []
 
     def answers(head, prompts, segment_length, batch_size, max_new_tokens):
@@ -72,7 +73,7 @@ def test_every_task_scores_generated_answers_with_the_official_rule(fast_cfg, tm
         return [answer or prompt.target.upper() + ". Office." for prompt in prompts]
 
     monkeypatch.setattr(babilong_eval, "generated_answers", answers)
-    report = evaluate(eval_cfg(f"ckpt_path={tmp_path / 'checkpoints' / 'last.ckpt'}",
+    report = evaluate(eval_cfg(f"ckpt_path={checkpoint}",
                                "babilong.tasks=[qa1,qa2,qa3,qa4,qa5]", "babilong.lengths=[0k,1k]", "samples=4",
                                f"out_dir={tmp_path / 'eval'}"))
 
@@ -81,8 +82,8 @@ def test_every_task_scores_generated_answers_with_the_official_rule(fast_cfg, tm
     assert {len(prompt.ids) for prompt in seen if len(prompt.ids) > 200} == {1024 - 2}
 
 
-def test_published_samples_are_prompted_as_input_then_question(fast_cfg, tmp_path, monkeypatch):
-    train(fast_cfg())
+def test_published_samples_are_prompted_as_input_then_question(memorize_run, tmp_path, monkeypatch):
+    checkpoint, _ = memorize_run
     records = [{"input": f"Mary moved to the office. Day {n} was long.", "question": "Where is Mary?",
                 "target": "office"} for n in range(3)]
     (tmp_path / "babilong" / "qa1").mkdir(parents=True)
@@ -94,7 +95,7 @@ def test_published_samples_are_prompted_as_input_then_question(fast_cfg, tmp_pat
         return ["office"] * len(prompts)
 
     monkeypatch.setattr(babilong_eval, "generated_answers", answers)
-    report = evaluate(eval_cfg(f"ckpt_path={tmp_path / 'checkpoints' / 'last.ckpt'}", "babilong.tasks=[qa1]",
+    report = evaluate(eval_cfg(f"ckpt_path={checkpoint}", "babilong.tasks=[qa1]",
                                "babilong.lengths=[0k]", f"babilong.source={tmp_path / 'babilong'}",
                                f"out_dir={tmp_path / 'eval'}"))
 
@@ -113,3 +114,23 @@ def test_an_encoder_classifies_qa5_answers_but_is_refused_by_babilong_eval(fast_
         evaluate(eval_cfg(checkpoint, "babilong.tasks=[qa1,qa9]"))
     with pytest.raises(ValueError, match="needs a decoder checkpoint"):
         evaluate(eval_cfg(checkpoint, "babilong.tasks=[qa1]"))
+
+
+def test_the_protocol_is_chosen_once_and_auto_says_which(qa1_checkpoint, tmp_path, capsys):
+    checkpoint, _ = qa1_checkpoint
+    capsys.readouterr()
+
+    auto = evaluate(eval_cfg(f"ckpt_path={checkpoint}", "babilong.lengths=[0k]", "samples=2", f"out_dir={tmp_path}"))
+    assert "protocol=auto: babilong (BABILong tasks ['qa1'])" in capsys.readouterr().out
+    assert auto.accuracy.keys() == {"qa1"}
+    sweep = evaluate(eval_cfg(f"ckpt_path={checkpoint}", "protocol=lengths", "lengths=[1,2]", "samples=2",
+                              f"out_dir={tmp_path}"))
+    assert list(sweep.by_length) == [1, 2] and (tmp_path / "accuracy_by_length.csv").is_file()
+
+
+def test_babilong_protocol_on_another_task_names_the_tasks_to_score(memorize_run):
+    checkpoint, _ = memorize_run
+    with pytest.raises(ValueError, match=r"trained on 'memorize', not a BABILong task.*babilong.tasks="):
+        evaluate(eval_cfg(f"ckpt_path={checkpoint}", "protocol=babilong"))
+    with pytest.raises(ValueError, match="protocol='bleu' is not one of"):
+        evaluate(eval_cfg(f"ckpt_path={checkpoint}", "protocol=bleu"))

@@ -6,6 +6,7 @@ import types
 
 import pytest
 
+from memlm import assets
 from memlm.data.background import (
     SentencePool,
     load_documents,
@@ -141,7 +142,7 @@ def test_load_documents_dispatches_on_the_source(tmp_path, monkeypatch):
     for split in ("train", "test"):
         (tmp_path / "pg19" / split).mkdir(parents=True)
         (tmp_path / "pg19" / split / "1.txt").write_text(f"A {split} book.", encoding="utf-8")
-    monkeypatch.setitem(sys.modules, "memlm.assets", types.SimpleNamespace(austen_books=lambda: tmp_path / "pg19"))
+    monkeypatch.setattr(assets, "folder", lambda name: tmp_path / "pg19")
 
     assert load_documents(str(jsonl), "train") == ["Story A."]
     assert load_documents(str(tmp_path / "pg19"), "test") == ["A test book."]

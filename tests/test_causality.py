@@ -6,10 +6,9 @@ first j tokens sits in front of them. `tests/test_hmt.py` shows that leak; here 
 
 import pytest
 import torch
-from hydra.utils import instantiate
 
 from memlm.backbones import load_backbone
-from tests.conftest import compose_train
+from tests.heads import HEADS, build_head
 
 SEGMENT = 16
 GPT2 = {"model_type": "gpt2", "n_layer": 2, "n_embd": 32, "n_head": 2, "n_positions": 64}
@@ -25,7 +24,7 @@ def backbone(request):
 
 def default_head(name: str, backbone, *overrides: str):
     torch.manual_seed(1)
-    head = instantiate(compose_train([f"model={name}", *overrides]).model, backbone=backbone).eval()
+    head = build_head(name, backbone, *overrides).eval()
     if name == "hmt":
         # Random query weights retrieve near-uniformly; sharpened, search depends on its summary as a trained
         # model's does, which makes any leak through the summary visible.
@@ -58,7 +57,7 @@ def perturb(head, segment: int, position: int) -> tuple[bool, bool]:
     return earlier_moved, later_moved
 
 
-@pytest.mark.parametrize("head", ["baseline", "rmt", "hmt", "lm2"])
+@pytest.mark.parametrize("head", list(HEADS))
 @pytest.mark.parametrize("segment, position", [(0, 0), (1, 5), (2, 12)])
 def test_no_output_depends_on_a_later_token(backbone, head, segment, position):
     earlier_moved, later_moved = perturb(default_head(head, backbone), segment, position)

@@ -1,14 +1,14 @@
 """PG-19 and WikiText-103 readers: small files in the exact formats, a faked hub, and the real stand-ins."""
 
+import dataclasses
 import re
 import sys
 import types
 
 import pytest
 
-from memlm.data import background
 from memlm.data.background import load_documents
-from memlm.data.corpora import Document, pg19, wikitext103
+from memlm.data.corpora import CORPORA, Document, pg19, wikitext103
 
 # The original release's metadata.csv has no header row; titles holding commas are quoted.
 PG19_METADATA = """10,The King James Version of the Bible,1611,http://www.gutenberg.org/ebooks/10
@@ -264,7 +264,7 @@ def test_load_documents_routes_pg19_and_wikitext103_to_the_hub(monkeypatch):
              for n in range(3)]
     requests = fake_datasets(monkeypatch, {"emozilla/pg19": books,
                                            "Salesforce/wikitext": hub_lines(WIKI_FILES["wiki.train.raw"])})
-    monkeypatch.setattr(background, "PG19_HUB_BOOKS", 2)
+    monkeypatch.setitem(CORPORA, "pg19", dataclasses.replace(CORPORA["pg19"], background_hub_documents=2))
 
     assert load_documents("pg19", "test") == ["Book 0.", "Book 1."]
     assert load_documents("wikitext103", "train") == [VALKYRIA, TOWER]

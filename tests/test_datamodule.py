@@ -8,8 +8,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from memlm.backbones import load_tokenizer
-from memlm.data.babi import read_babi, stories_from_babi
-from memlm.data.datamodule import FactTaskDataModule, SampleStream
+from memlm.data.babi import read_babi
+from memlm.data.base import SampleStream
+from memlm.data.facts import FactTaskDataModule
+from memlm.data.tasks import task
 from tests.conftest import QA1
 
 
@@ -19,7 +21,7 @@ def tokenizer():
 
 
 def datamodule(tokenizer, background, **kwargs) -> FactTaskDataModule:
-    module = FactTaskDataModule(tokenizer, "generate", background=str(background), segment_length=24,
+    module = FactTaskDataModule(tokenizer, "generate_answer", background=str(background), segment_length=24,
                                 batch_size=2, val_segments=[1, 2], val_samples=4, **kwargs)
     module.trainer = SimpleNamespace(global_rank=0, current_epoch=0)
     return module
@@ -61,7 +63,7 @@ def test_official_babi_file_supplies_the_facts(tokenizer, background, tmp_path):
     babi = tmp_path / "qa1_single-supporting-fact_train.txt"
     babi.write_text(QA1)
     module = datamodule(tokenizer, background, babi_file=str(babi))
-    stories = stories_from_babi(read_babi(babi), "memorize")
+    stories = task("memorize").stories_from_babi(read_babi(babi))
     expected = {(f" {story.facts[0]}", f" {story.question} {story.answer}<|endoftext|>") for story in stories}
     seen = set()
     for sample in module.samples("train", 1, 16):

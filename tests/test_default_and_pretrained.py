@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from memlm.training import build_datamodule, build_model, train
+from memlm.training import build, train
 from tests.conftest import compose_train
 
 
@@ -24,8 +24,8 @@ def test_rmt_trains_on_a_pretrained_backbone(tmp_path, backbone):
         "data.val_samples=2", "curriculum.segments=[2]", "trainer.max_steps=1", "trainer.limit_train_batches=1",
         "callbacks.model_checkpoint=null", "callbacks.progress_bar=null", "logger=none",
     ])
-    model = build_model(cfg)
-    datamodule = build_datamodule(cfg.data, model)
+    datamodule, model = build(cfg)
+    datamodule.prepare_data()
     batch = next(iter(datamodule.loader(datamodule.samples("validation", 2, 2))))
     before = model.head.memory.detach().clone()
     loss, tally = model.unroll(batch, backward=torch.Tensor.backward)
@@ -45,8 +45,8 @@ def test_hmt_on_smollm2_runs_forward_backward_and_generates(tmp_path):
         "backbone=smollm2", "model=hmt", "model.sensory_tokens=4", "model.summary_tokens=8", f"run_dir={tmp_path}",
         "data.batch_size=2", "data.segment_length=32",
     ])
-    model = build_model(cfg)
-    datamodule = build_datamodule(cfg.data, model)
+    datamodule, model = build(cfg)
+    datamodule.prepare_data()
     batch = next(iter(datamodule.loader(datamodule.samples("validation", 3, 2))))
     loss, _ = model.unroll(batch, backward=torch.Tensor.backward)
     assert torch.isfinite(loss)

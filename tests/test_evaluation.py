@@ -6,20 +6,19 @@ import csv
 import pytest
 from hydra import compose, initialize_config_dir
 
-from memlm.evaluation import evaluate, segment_counts
-from memlm.training import train
+from memlm.evaluation import EVAL_CONFIG, evaluate
+from memlm.evaluation.lengths import segment_counts
 from tests.conftest import CONF
 
 
 def eval_cfg(*overrides: str):
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return compose(config_name="eval", overrides=["accelerator=cpu", *overrides])
+        return compose(config_name=EVAL_CONFIG, overrides=["accelerator=cpu", *overrides])
 
 
 @pytest.fixture
-def trained(fast_cfg, tmp_path):
-    metrics = train(fast_cfg())
-    return tmp_path / "checkpoints" / "last.ckpt", metrics
+def trained(memorize_run):
+    return memorize_run
 
 
 def test_eval_on_the_validation_split_reproduces_training_validation(trained, tmp_path):
@@ -44,7 +43,7 @@ def test_eval_goes_beyond_the_trained_length_and_writes_table_and_plot(trained, 
 
 def test_eval_overrides_the_training_task(trained, tmp_path):
     checkpoint, _ = trained
-    accuracy = evaluate(eval_cfg(f"ckpt_path={checkpoint}", "lengths=[2]", "samples=4", "+data.task=detect",
+    accuracy = evaluate(eval_cfg(f"ckpt_path={checkpoint}", "lengths=[2]", "samples=4", "data.task=detect",
                                  f"out_dir={tmp_path / 'eval'}")).by_length
     assert set(accuracy) == {2}
 

@@ -5,7 +5,8 @@ import torch
 
 from memlm.backbones import load_backbone
 from memlm.generation import Sampling, generate
-from memlm.memory import HMT, LM2, RMT, Baseline
+from memlm.memory import RMT
+from tests.heads import HEADS, build_head
 
 SEGMENT = 6
 
@@ -15,14 +16,6 @@ def backbone():
     torch.manual_seed(0)
     size = {"model_type": "gpt2", "n_layer": 2, "n_embd": 32, "n_head": 2, "n_positions": 64}
     return load_backbone(kind="causal", tokenizer="gpt2-tokenizer", tiny=size)
-
-
-HEADS = {
-    "rmt": lambda backbone: RMT(backbone, num_mem_tokens=2),
-    "hmt": lambda backbone: HMT(backbone, sensory_tokens=2, summary_tokens=3, cache_size=4),
-    "lm2": lambda backbone: LM2(backbone, memory_slots=4),
-    "baseline": Baseline,
-}
 
 
 def teacher_forced_argmax(head, ids: torch.Tensor) -> torch.Tensor:
@@ -40,7 +33,7 @@ def teacher_forced_argmax(head, ids: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("prompt_length", [1, 5, 6, 7, 13])
 def test_greedy_generation_follows_the_segment_recurrence(backbone, name, prompt_length):
     torch.manual_seed(3)
-    head = HEADS[name](backbone).eval()
+    head = build_head(name, backbone).eval()
     prompt = torch.randint(1000, 20000, (2, prompt_length), generator=torch.Generator().manual_seed(4))
     new = generate(head, prompt, SEGMENT, Sampling(max_new_tokens=10, stop_at_eos=False))
     assert new.shape == (2, 10)

@@ -5,6 +5,8 @@ import torch
 
 from memlm.backbones import load_backbone
 from memlm.memory import RMT, Baseline
+from tests.conftest import CONF
+from tests.heads import HEADS
 
 SEGMENT = 12
 
@@ -87,3 +89,8 @@ def test_encoder_layout_counts_cls_and_separators():
 def test_zero_memory_tokens_is_refused():
     with pytest.raises(ValueError, match="model.num_mem_tokens"):
         RMT(tiny("causal"), num_mem_tokens=0)
+
+
+def test_every_configured_head_has_a_row_in_the_tests_heads_table():
+    configured = {path.stem for path in (CONF / "model").glob("*.yaml")}
+    assert set(HEADS) == configured, "add the new head to HEADS in tests/heads.py with its test-size overrides"

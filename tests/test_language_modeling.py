@@ -13,21 +13,16 @@ import torch.nn.functional as F
 
 from memlm.backbones import load_tokenizer
 from memlm.data import language_modeling
+from memlm.data.base import IGNORE
 from memlm.data.language_modeling import LanguageModelDataModule, tokenized_documents
 from memlm.evaluation import evaluate
 from memlm.module import MemoryLM
-from memlm.objectives import IGNORE
+from memlm.objectives import choose_objective
 from memlm.training import train
 from tests.conftest import TINY_GPT2, compose_train
+from tests.heads import HEADS
 from tests.test_corpora import WIKI_FILES, hub_lines, pg19_folder, wiki_folder  # noqa: F401 (fixtures)
 from tests.test_evaluation import eval_cfg
-
-HEADS = {
-    "baseline": ["model=baseline"],
-    "rmt": ["model=rmt", "model.num_mem_tokens=2"],
-    "hmt": ["model=hmt", "model.sensory_tokens=4", "model.summary_tokens=8"],
-    "lm2": ["model=lm2", "model.memory_slots=4"],
-}
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +32,7 @@ def tokenizer():
 
 def lm_data(tokenizer, source, tmp_path, corpus="pg19", **kwargs) -> LanguageModelDataModule:
     settings = {"segment_length": 16, "batch_size": 4, "cache_dir": str(tmp_path / "datasets"), **kwargs}
-    return LanguageModelDataModule(tokenizer, "generate", corpus=corpus, source=str(source), **settings)
+    return LanguageModelDataModule(tokenizer, "next_token", corpus=corpus, source=str(source), **settings)
 
 
 def document_tokens(module, split) -> list[list[int]]:
@@ -183,9 +178,11 @@ def test_wikitext_folder_without_its_raw_files_is_named(tokenizer, tmp_path):
         module.documents("train")
 
 
-def test_an_encoder_backbone_cannot_model_language(tokenizer, background, tmp_path):
+def test_an_encoder_backbone_cannot_model_language(tokenizer, background):
     with pytest.raises(ValueError, match="needs a decoder backbone"):
-        LanguageModelDataModule(tokenizer, "classify", source=str(background))
+        choose_objective("language_model", is_decoder=False)
+    with pytest.raises(ValueError, match="serves the objectives"):
+        LanguageModelDataModule(tokenizer, "classify_answer", source=str(background))
 
 
 # ---------------------------------------------------------------------------------------------- perplexity
@@ -195,7 +192,7 @@ def test_perplexity_is_token_weighted_over_the_whole_text_and_per_segment_positi
     """The baseline reads each segment alone, so plain per-segment cross-entropy gives the reference figures."""
     cfg = compose_train([*TINY_GPT2, "model=baseline", "data=pg19"])
     model = MemoryLM(backbone=dict(cfg.backbone), model=dict(cfg.model), recurrence={}, optim={}, num_classes=0,
-                     objective="language_model")
+                     objective="next_token")
     module = lm_data(tokenizer, background, tmp_path, batch_size=3, val_segments=[2], val_tokens=300)
     trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False)

@@ -5,7 +5,6 @@ import torch
 
 from memlm.backbones import load_backbone
 from memlm.memory import LM2
-from memlm.memory.lm2 import decoder_blocks
 
 D = 32
 
@@ -69,15 +68,18 @@ def test_the_backbone_is_untouched_outside_the_head(backbone):
     embeds = backbone.embed(torch.randint(1000, 20000, (1, 8)))
     with torch.no_grad():
         plain = backbone(embeds)
-        LM2(backbone, memory_slots=4)
+        head = LM2(backbone, memory_slots=4)
         assert torch.equal(backbone(embeds), plain)
+        head(torch.randint(1000, 20000, (1, 8)), torch.ones(1, 8, dtype=torch.long), head.initial_state(1))
+        assert torch.equal(backbone(embeds), plain)
+    assert all(not block._forward_hooks and not block._forward_pre_hooks for block in backbone.blocks)
 
 
 def test_llama_blocks_are_found_without_forking_their_code():
     llama = load_backbone(kind="causal", tokenizer="gpt2-tokenizer", tiny={
         "model_type": "llama", "num_hidden_layers": 3, "hidden_size": D, "num_attention_heads": 2,
         "num_key_value_heads": 1, "intermediate_size": 64})
-    assert decoder_blocks(llama) is llama.model.model.layers
+    assert llama.blocks is llama.model.model.layers
     head = LM2(llama, memory_slots=5)
     out = head(torch.randint(1000, 20000, (2, 8)), torch.ones(2, 8, dtype=torch.long), head.initial_state(2))
     assert out.state.shape == (2, 3, 5, D)

@@ -5,7 +5,7 @@ import importlib.util
 import numpy as np
 import pytest
 
-from memlm.module import load_checkpoint
+from memlm.checkpointing import load_checkpoint
 from memlm.training import build_datamodule, train
 from tests.conftest import REPO
 
@@ -30,7 +30,7 @@ def test_cache_fills_to_n_and_each_search_weighs_the_memories_still_cached(hmt_c
 
     model, _ = load_checkpoint(str(hmt_checkpoint))
     model.head.cache_size = 3
-    sample = build_datamodule(model.hparams.data, model).samples("test", 6, 1)[0]
+    sample = build_datamodule(model.hparams.data, model.tokenizer, True).samples("test", 6, 1)[0]
     sizes, weights = plot_hmt_memory.memory_trace(model.head.eval(), sample["input_ids"][None],
                                                   sample["attention_mask"][None])
     assert sizes == [1, 2, 3, 3, 3, 3]

@@ -6,8 +6,9 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from memlm.backbones import Backbone
+from memlm.data.base import IGNORE
 from memlm.memory import RMT
-from memlm.objectives import IGNORE, GenerativeAnswer
+from memlm.objectives import GenerativeAnswer
 from memlm.recurrence import Recurrence
 
 VOCAB, SEGMENT = 50, 8

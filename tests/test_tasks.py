@@ -1,4 +1,5 @@
-"""Synthetic fact tasks: exact lengths, facts whole at sentence boundaries, answers where the labels say."""
+"""Synthetic fact tasks: exact lengths, facts whole at sentence boundaries, answers where the labels say; a new task
+is one row of the task table."""
 
 import random
 
@@ -6,10 +7,14 @@ import pytest
 import torch
 
 from memlm.backbones import load_tokenizer
-from memlm.data.babi import PLACES
+from memlm.checkpointing import read_checkpoint
+from memlm.data.babi import PLACES, Story
 from memlm.data.background import SentencePool, load_documents
-from memlm.data.tasks import SampleBuilder
-from memlm.objectives import IGNORE
+from memlm.data.base import IGNORE
+from memlm.data.facts import SampleBuilder
+from memlm.data.tasks import TASKS, Task
+from memlm.data.tasks import task as find_task
+from memlm.training import train
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +29,7 @@ def pool(tokenizer, background):
 
 
 def builder(tokenizer, pool, task="memorize", answer_format="generate", segment_length=32):
-    return SampleBuilder(task, pool, tokenizer, segment_length, answer_format)
+    return SampleBuilder(find_task(task), pool, tokenizer, segment_length, answer_format == "generate")
 
 
 def text(tokenizer, ids) -> str:
@@ -95,3 +100,24 @@ def test_too_short_segments_name_the_key(tokenizer, pool):
 def test_unknown_task_names_the_key(tokenizer, pool):
     with pytest.raises(ValueError, match="data.task"):
         builder(tokenizer, pool, task="summarize")
+
+
+COLOURS = ("red", "blue", "green")
+
+
+def colour_story(rng: random.Random) -> Story:
+    colour = rng.choice(COLOURS)
+    return Story(facts=(f"The door is {colour}.",), question="What colour is the door?", answer=colour)
+
+
+def test_a_new_task_is_a_story_generator_and_one_row(fast_cfg, tmp_path, monkeypatch, tokenizer, pool):
+    monkeypatch.setitem(TASKS, "colour", Task("colour", colour_story, COLOURS, "opening", "full", "supporting", "rmt"))
+
+    sample = SampleBuilder(find_task("colour"), pool, tokenizer, 32, generates_answer=True).build(random.Random(0), 2)
+    decoded = text(tokenizer, sample["input_ids"])
+    assert decoded.startswith(" The door is ") and "What colour is the door?" in decoded
+    metrics = train(fast_cfg("data.task=colour"))
+
+    assert 0.0 <= metrics["val/accuracy_2seg"] <= 1.0
+    checkpoint = read_checkpoint(str(tmp_path / "checkpoints" / "last.ckpt"), "ckpt_path")
+    assert checkpoint["hyper_parameters"]["data"]["task"] == "colour"

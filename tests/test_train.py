@@ -12,9 +12,11 @@ import pytest
 import torch
 from hydra.errors import InstantiationException, MissingConfigException
 
+from memlm.checkpointing import load_initial_weights
 from memlm.module import MemoryLM
-from memlm.training import build_model, load_initial_weights, train
+from memlm.training import build, train
 from tests.conftest import FAST, REPO, SMALL_RMT, TINY_BERT, TINY_GPT2, compose_train
+from tests.heads import HEADS
 
 
 def test_quick_run_reports_accuracy_per_segment_count(fast_cfg, tmp_path):
@@ -28,11 +30,7 @@ def test_quick_run_reports_accuracy_per_segment_count(fast_cfg, tmp_path):
     assert list((tmp_path / "csv").glob("version_*/metrics.csv"))
 
 
-@pytest.mark.parametrize("head", [
-    ["model=baseline"],
-    ["model=hmt", "model.sensory_tokens=4", "model.summary_tokens=8", "model.cache_size=4"],
-    ["model=lm2", "model.memory_slots=4"],
-])
+@pytest.mark.parametrize("head", list(HEADS.values()), ids=list(HEADS))
 def test_every_head_trains_through_the_same_loop(fast_cfg, head):
     metrics = train(fast_cfg(head=head))
     assert 0.0 <= metrics["val/accuracy_2seg"] <= 1.0 and metrics["val/loss_2seg"] > 0
@@ -168,7 +166,7 @@ def test_hmt_stage2_starts_from_stage1_weights_with_a_fresh_run(fast_cfg, tmp_pa
     stage2 = fast_cfg("experiment=hmt_stage2", f"stage1_checkpoint={stage1}", f"run_dir={tmp_path / 'stage2'}",
                       head=HMT_SMALL)
     assert stage2.model.memory_search and not compose_train(["experiment=hmt_stage1"]).model.memory_search
-    model = build_model(stage2)
+    _, model = build(stage2)
     load_initial_weights(model, stage2.init_weights)
     saved = torch.load(stage1, weights_only=True)["state_dict"]
     for name, value in model.state_dict().items():

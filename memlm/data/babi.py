@@ -1,5 +1,5 @@
 """bAbI-style stories: generated for the RMT paper's tasks and for bAbI's qa1-qa5 (BABILong's tasks), or read from
-the official bAbI files."""
+the official bAbI files. Which task uses which generator is the task table's business (`memlm.data.tasks`)."""
 
 import random
 import re
@@ -17,14 +17,6 @@ DROP_VERBS = ("dropped", "discarded", "left", "put down")
 GIVE_VERBS = ("gave", "handed", "passed")
 # qa5 has its own cast; its answers are a person or an object.
 QA5_ACTORS = ("Bill", "Fred", "Jeff", "Mary")
-RMT_TASKS = ("memorize", "detect", "reasoning")
-QA_TASKS = ("qa1", "qa2", "qa3", "qa4", "qa5")
-TASKS = RMT_TASKS + QA_TASKS
-# The answers each task can have: BABILong's official scoring looks for these words in a model's output.
-TASK_LABELS = {
-    "memorize": PLACES, "detect": PLACES, "reasoning": PLACES,
-    "qa1": PLACES, "qa2": PLACES, "qa3": PLACES, "qa4": PLACES, "qa5": QA5_ACTORS + OBJECTS,
-}
 
 _OPPOSITE = {"north": "south", "south": "north", "east": "west", "west": "east"}
 _LINE = re.compile(r"([0-9]+) +(\S.*)")
@@ -330,24 +322,3 @@ def _parse_question(text: str, story: tuple[str, ...], index_of_id: dict[int, in
             raise ValueError(f"{where}: supporting fact id {token!r} refers to no earlier sentence of this story")
         supporting.append(index_of_id[int(token)])
     return BabiSample(story=story, question=question, answer=answer, supporting=tuple(supporting))
-
-
-def stories_from_babi(samples: Iterable[BabiSample], task: str) -> list[Story]:
-    """Stories for a task: "memorize"/"detect" hide the supporting sentences only; "reasoning" and BABILong's
-    qa tasks the whole story before the question, as BABILong does."""
-    if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
-    return [Story(facts=_facts_for(sample, task), question=sample.question, answer=sample.answer)
-            for sample in samples]
-
-
-def _facts_for(sample: BabiSample, task: str) -> tuple[str, ...]:
-    if task not in ("memorize", "detect"):
-        return sample.story
-    return tuple(sample.story[index] for index in sorted(set(sample.supporting)))
-
-
-STORY_GENERATORS = {
-    "memorize": location_story, "detect": location_story, "reasoning": relation_story,
-    "qa1": qa1_story, "qa2": qa2_story, "qa3": qa3_story, "qa4": relation_story, "qa5": qa5_story,
-}

@@ -13,16 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
-from memlm.data.corpora import Document, pg19, read_utf8, wikitext103
+from memlm.data.corpora import CORPORA, Document, read_utf8
 
 EncodeBatch = Callable[[list[str]], list[list[int]]]
 
 QUALITY_HUB = ("tau/scrolls", "quality")
-# Background noise is drawn from a pool of sentences: 200 books, about 14M words, are more than any run draws, and
-# streaming stops there instead of reading PG-19's 11 GB.
-PG19_HUB_BOOKS = 200
-# The same budget in WikiText-103 articles (about 3,600 words each) instead of tokenizing all 100M words at start.
-WIKITEXT_HUB_ARTICLES = 4000
 # QuALITY's release names its jsonl files "QuALITY.v1.0.1.htmlstripped.{train,dev,test}".
 _JSONL_SUFFIXES = (".jsonl", ".json", ".train", ".dev", ".test")
 
@@ -118,20 +113,19 @@ def _batches(items: Iterable[str], size: int) -> Iterator[list[str]]:
 def load_documents(source: str, split: str) -> list[str]:
     """Background documents of `split` from `source`.
 
-    `source` is "quality" (SCROLLS' QuALITY on the hub), "pg19" (the first PG19_HUB_BOOKS books of PG-19 on the
-    hub), "wikitext103" (the first WIKITEXT_HUB_ARTICLES articles of WikiText-103 on the hub), "embedded" (the
-    Jane Austen novels of `memlm.assets`), a QuALITY jsonl file, a folder of WikiText-103's `wiki.*.raw` files, or
-    a folder of .txt files. A folder with a `split` subfolder is read as PG-19's layout (`memlm.data.corpora.pg19`);
-    any other folder, or a single file, is used whole, whatever the split.
+    `source` is "quality" (SCROLLS' QuALITY on the hub), a corpus of `memlm.data.corpora.CORPORA` ("pg19",
+    "wikitext103": its first `background_hub_documents` documents on the hub), "embedded" (the Jane Austen novels of
+    `memlm.assets`, in PG-19's layout), a QuALITY jsonl file, a folder of WikiText-103's `wiki.*.raw` files, or a
+    folder of .txt files. A folder with a `split` subfolder is read as PG-19's layout; any other folder, or a single
+    file, is used whole, whatever the split.
     """
     if source == "quality":
         return quality_hub(split)
-    if source == "pg19":
-        return _texts(pg19("hub", split, limit=PG19_HUB_BOOKS))
-    if source == "wikitext103":
-        return _texts(wikitext103("hub", split, limit=WIKITEXT_HUB_ARTICLES))
+    if source in CORPORA:
+        corpus = CORPORA[source]
+        return _texts(corpus.read("hub", split, corpus.background_hub_documents))
     if source == "embedded":
-        return _texts(pg19("embedded", split))
+        return _texts(CORPORA["pg19"].read("embedded", split, None))
     path = Path(source).expanduser()
     if path.is_dir():
         return _folder_documents(path, split)
@@ -145,11 +139,16 @@ def load_documents(source: str, split: str) -> list[str]:
                             "wiki.*.raw files, or a folder of .txt files")
 
 
+def background_assets(source: str) -> list[str]:
+    """The offline assets (`memlm.assets` names) that background `source` reads."""
+    return [CORPORA["pg19"].embedded_asset] if source == "embedded" else []
+
+
 def _folder_documents(folder: Path, split: str) -> list[str]:
     if any(folder.glob("wiki.*.raw")):
-        return _texts(wikitext103(str(folder), split))
+        return _texts(CORPORA["wikitext103"].read(str(folder), split, None))
     if (folder / split).is_dir():
-        return _texts(pg19(str(folder), split))
+        return _texts(CORPORA["pg19"].read(str(folder), split, None))
     return text_folder(folder)
 
 

@@ -1,7 +1,8 @@
 """Whole documents of the language-modelling corpora PG-19 and WikiText-103, from the hub or from local files.
 
 Each reader takes a `source`: "hub" (the Hugging Face hub), "embedded" (the offline stand-ins of `memlm.assets`,
-prepared on first use), or a local folder in the corpus's original layout:
+prepared by the DataModules' `prepare_data` or `python -m memlm.assets`), or a local folder in the corpus's original
+layout:
 
 - PG-19: `train/`, `validation/`, `test/` of `<book id>.txt`, plus `metadata.csv` without a header row, columns
   `_id,short_book_title,publication_date,url` (books it does not list are titled by their id).
@@ -10,17 +11,20 @@ prepared on first use), or a local folder in the corpus's original layout:
 
 Splits are "train", "validation" and "test" for both. Documents come lazily in file order (PG-19 folders sorted
 by book id, so runs are reproducible), and `limit` stops after that many. A missing folder, split or file is
-reported when the reader is called; a file's content is checked when its documents are reached.
+reported when the reader is called; a file's content is checked when its documents are reached. `CORPORA`, at the
+end, is the registry: one row per corpus.
 """
 
 import csv
 import io
 import itertools
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from memlm import assets
 
 SPLITS = ("train", "validation", "test")
 PG19_HUB = "emozilla/pg19"
@@ -29,6 +33,7 @@ PG19_METADATA_COLUMNS = ("_id", "short_book_title", "publication_date", "url")
 PG19_LAYOUT = "train/, validation/, test/ of <book id>.txt plus a header-less metadata.csv"
 # WikiText's file names say "valid" for the validation split.
 WIKITEXT_FILES = {"train": "wiki.train.raw", "validation": "wiki.valid.raw", "test": "wiki.test.raw"}
+WIKITEXT_LAYOUT = f"{', '.join(WIKITEXT_FILES.values())} (the raw variant, not wiki.*.tokens)"
 
 PG19_HUB_FIX = (f"without the hub, pass a local folder in PG-19's layout ({PG19_LAYOUT}) as the source; "
                 "deepmind/pg19 is no alternative: it is script-based and recent `datasets` no longer run scripts")
@@ -134,9 +139,7 @@ def _raw_line(row_text: str) -> str:
 
 def pg19_root(source: str) -> Path:
     if source == "embedded":
-        from memlm.assets import austen_books  # prepares files on first use: only when asked for
-
-        return Path(austen_books())
+        return assets.folder(CORPORA["pg19"].embedded_asset)
     return Path(source).expanduser()
 
 
@@ -190,21 +193,18 @@ def _pg19_book(file: Path, titles: dict[str, str]) -> Document:
 
 def wikitext_root(source: str) -> Path:
     if source == "embedded":
-        from memlm.assets import wikipedia_articles  # prepares files on first use: only when asked for
-
-        return Path(wikipedia_articles())
+        return assets.folder(CORPORA["wikitext103"].embedded_asset)
     return Path(source).expanduser()
 
 
 def _wikitext_file(root: Path, split: str) -> Path:
-    expected = f"{', '.join(WIKITEXT_FILES.values())} (the raw variant, not wiki.*.tokens)"
     if not root.is_dir():
-        raise FileNotFoundError(f"WikiText-103 folder {root} does not exist; give a folder holding {expected}, "
-                                "or 'hub'")
+        raise FileNotFoundError(f"WikiText-103 folder {root} does not exist; give a folder holding "
+                                f"{WIKITEXT_LAYOUT}, or 'hub'")
     file = root / WIKITEXT_FILES[split]
     if not file.is_file():
         raise FileNotFoundError(f"{file} does not exist: the {split} split of WikiText-103; "
-                                f"the folder must hold {expected}")
+                                f"the folder must hold {WIKITEXT_LAYOUT}")
     return file
 
 
@@ -237,3 +237,37 @@ def _articles(lines: Iterable[str], origin: str) -> Iterator[Document]:
         raise ValueError(f"{origin} has no article heading ' = Title = '; give a WikiText-103 raw file, "
                          "in which every article opens with one")
     yield Document(id=title, title=title, text="".join(article))
+
+
+# ---------------------------------------------------------------------------------------------- the registry
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """What memlm knows of one corpus: how to read it, where a source's files are, and how much to take of it."""
+
+    name: str
+    read: Callable[[str, str, int | None], Iterator[Document]]
+    """(source, split, limit) -> documents, for a source "hub", "embedded" or a folder in the corpus's layout."""
+    root: Callable[[str], Path]
+    """The local folder of a source ("embedded" or a path)."""
+    layout: str
+    """The local layout, as errors state it."""
+    embedded_asset: str
+    """The `memlm.assets` name of the offline stand-in that source "embedded" reads."""
+    background_hub_documents: int
+    """Documents streamed from the hub when the corpus is background text for the fact tasks: more than any run
+    draws, and streaming stops there instead of reading the whole corpus (PG-19 is 11 GB)."""
+
+
+CORPORA: dict[str, Corpus] = {
+    "pg19": Corpus("pg19", pg19, pg19_root, PG19_LAYOUT, "austen", 200),  # 200 books: about 14M words
+    # The same budget in articles (about 3,600 words each) instead of tokenizing all 100M words at start.
+    "wikitext103": Corpus("wikitext103", wikitext103, wikitext_root, WIKITEXT_LAYOUT, "wikipedia", 4000),
+}
+
+
+def corpus(name: str) -> Corpus:
+    if name not in CORPORA:
+        raise ValueError(f"data.corpus={name!r} is not one of {tuple(CORPORA)}")
+    return CORPORA[name]

@@ -33,11 +33,9 @@ from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 from transformers import PreTrainedTokenizerBase
 
-from memlm.data import corpora
-from memlm.data.datamodule import SegmentDataModule
-from memlm.objectives import IGNORE
+from memlm.data.base import IGNORE, MemoryDataModule
+from memlm.data.corpora import corpus as find_corpus
 
-CORPORA = {"pg19": corpora.pg19, "wikitext103": corpora.wikitext103}
 _DOCUMENT_FEATURES = Features({"id": Value("string"), "title": Value("string"), "text": Value("string")})
 _TOKEN_FEATURES = Features(
     {"id": Value("string"), "title": Value("string"), "input_ids": List(Value("int32")), "length": Value("int64")}
@@ -54,8 +52,7 @@ def tokenized_documents(
 ) -> Dataset:
     """The split's documents as a `datasets.Dataset` of `id`, `title`, `input_ids` (int32, opening with the
     beginning-of-text token) and `length`; built once, then read from the cache."""
-    if corpus not in CORPORA:
-        raise ValueError(f"data.corpus={corpus!r} is not one of {tuple(CORPORA)}")
+    find_corpus(corpus)
     reader_args = {"corpus": corpus, "source": source, "split": split, "limit": max_documents}
     source_signature = _source_signature(corpus, source, split)
     try:
@@ -93,7 +90,7 @@ def beginning_of_text(tokenizer: PreTrainedTokenizerBase) -> int:
 
 
 def _read_documents(corpus: str, source: str, split: str, limit: int | None):
-    for document in CORPORA[corpus](source, split, limit):
+    for document in find_corpus(corpus).read(source, split, limit):
         yield {"id": document.id, "title": document.title, "text": document.text}
 
 
@@ -108,7 +105,7 @@ def _source_signature(corpus: str, source: str, split: str) -> list:
     """What identifies the source's content for caching: a folder's file names, sizes and modification times."""
     if source == "hub":
         return ["hub"]
-    root = (corpora.pg19_root(source) if corpus == "pg19" else corpora.wikitext_root(source)).resolve()
+    root = find_corpus(corpus).root(source).resolve()
     # The files at the top (metadata.csv, wiki.*.raw) and those in the split's folder (PG-19's books).
     files = sorted(path.relative_to(root) for path in root.rglob("*") if path.is_file())
     files = [path for path in files if len(path.parts) == 1 or path.parts[0] == split]
@@ -206,19 +203,16 @@ class TiledDocuments(TorchDataset):
         return self.windows.window(document, start, self.num_segments)
 
 
-class LanguageModelDataModule(SegmentDataModule):
+class LanguageModelDataModule(MemoryDataModule):
     """`data=pg19` / `data=wikitext103`: next-token prediction on every token of a corpus's documents."""
 
-    objective = "language_model"
-
-    @staticmethod
-    def answer_classes(data: dict) -> tuple[str, ...]:
-        return ()
+    kind = "language_model"
+    objectives = ("next_token",)
 
     def __init__(
         self,
         tokenizer: PreTrainedTokenizerBase,
-        answer_format: str,
+        objective: str,
         corpus: str = "pg19",
         source: str = "embedded",
         segment_length: int = 32,
@@ -230,43 +224,33 @@ class LanguageModelDataModule(SegmentDataModule):
         num_workers: int = 0,
         seed: int = 0,
     ):
-        super().__init__()
-        if answer_format != "generate":
-            raise ValueError(f"data.corpus={corpus} trains a language model, which needs a decoder backbone; this "
-                             "backbone is an encoder (choose backbone=tiny_gpt2, smollm2 or another causal LM)")
-        if corpus not in CORPORA:
-            raise ValueError(f"data.corpus={corpus!r} is not one of {tuple(CORPORA)}")
-        if segment_length < 1 or batch_size < 1:
-            raise ValueError("data.segment_length and data.batch_size must be positive")
+        super().__init__(tokenizer, objective, segment_length, batch_size, val_segments, num_workers, seed)
+        self.corpus = find_corpus(corpus)
         if max_documents is not None and max_documents < 1:
             raise ValueError(f"data.max_documents={max_documents} must be a positive count, or null for all")
         if val_tokens is not None and val_tokens < 2:
             raise ValueError(f"data.val_tokens={val_tokens} must be at least 2 (one label), or null for the whole "
                              "validation split")
-        self.tokenizer = tokenizer
-        self.corpus = corpus
         self.source = source
-        self.segment_length = segment_length
-        self.batch_size = batch_size
-        self.val_segments = sorted(set(val_segments))
         self.val_tokens = val_tokens
         self.max_documents = max_documents
         self.cache_dir = cache_dir
-        self.num_workers = num_workers
-        self.seed = seed
-        self.num_segments = self.val_segments[0]
         self.pad_token = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else beginning_of_text(tokenizer)
         self._documents: dict[str, Dataset] = {}
+
+    def required_assets(self) -> list[str]:
+        return [self.corpus.embedded_asset] if self.source == "embedded" else []
 
     def documents(self, split: str) -> Dataset:
         if split not in self._documents:
             self._documents[split] = tokenized_documents(
-                self.corpus, self.source, split, self.tokenizer, self.max_documents, self.cache_dir
+                self.corpus.name, self.source, split, self.tokenizer, self.max_documents, self.cache_dir
             )
         return self._documents[split]
 
     def prepare_data(self) -> None:
         # Rank 0 tokenises and fills the cache before the other ranks read it.
+        super().prepare_data()
         for split in ("train", "validation"):
             self.documents(split)
 
@@ -281,7 +265,7 @@ class LanguageModelDataModule(SegmentDataModule):
         column = TokenColumn(documents)
         return TiledDocuments(Windows(column, self.segment_length, self.pad_token), num_segments)
 
-    def training_builder(self) -> Windows:
+    def training_maker(self) -> Windows:
         return self.windows("train")
 
     def val_dataloader(self) -> list[DataLoader]:

@@ -14,9 +14,9 @@ batches. Here the slots are the queries of the write, so N is free of the segmen
 earlier segments wrote, so no output depends on a later token; and the bank starts as identity rows in every sample
 (reset per document).
 
-The backbone's code is not forked: forward hooks on its decoder blocks (found as the ModuleList of
-`num_hidden_layers` blocks, GPT-2's `h` or Llama's `layers`) add the read to each block's output and keep each
-block's input for the write. The hooks act only inside `LM2.forward`.
+The backbone's code is not forked: inside `LM2.forward` the backbone's block interceptors (`Backbone.intercepting`
+on `Backbone.blocks`, GPT-2's `h` or Llama's `layers`) add the read to each block's output and keep each block's
+input for the write; outside it the backbone is the plain model.
 """
 
 from __future__ import annotations
@@ -72,63 +72,31 @@ class LM2(MemoryHead):
         if memory_slots < 1:
             raise ValueError(f"model.memory_slots={memory_slots} must be at least 1")
         self.memory_slots = memory_slots
-        self.blocks = decoder_blocks(backbone)
         d = backbone.hidden_size
-        self.memories = nn.ModuleList(BlockMemory(d) for _ in self.blocks)
+        self.memories = nn.ModuleList(BlockMemory(d) for _ in backbone.blocks)
         # Identity rows, as in the paper (slots beyond d start at zero); a buffer so it follows the device.
         self.register_buffer("initial_memory", torch.eye(memory_slots, d), persistent=False)
-        self._segment: dict | None = None
-        for index, block in enumerate(self.blocks):
-            block.register_forward_pre_hook(self._keep_input(index), with_kwargs=True)
-            block.register_forward_hook(self._add_read(index))
 
     def initial_state(self, batch_size: int) -> MemoryState:
         # One bank per block: (batch, blocks, slots, hidden).
-        bank = self.initial_memory.expand(batch_size, len(self.blocks), -1, -1)
+        bank = self.initial_memory.expand(batch_size, len(self.memories), -1, -1)
         return bank.to(self.backbone.embedding.weight.dtype)
 
     def extra_positions(self) -> int:
         return 0  # memory lives beside attention, not in the sequence
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, state: MemoryState) -> SegmentOutput:
-        self._segment = {"memory": state, "inputs": [None] * len(self.blocks)}
-        try:
+        block_inputs: list[torch.Tensor | None] = [None] * len(self.memories)
+
+        def add_read(index: int, block_input: torch.Tensor, block_output: torch.Tensor) -> torch.Tensor:
+            block_inputs[index] = block_input  # the write reads the same E after the whole segment has been read
+            return block_output + self.memories[index].read(block_input, state[:, index])
+
+        with self.backbone.intercepting(after=add_read):
             hidden = self.backbone(self.backbone.embed(input_ids), attention_mask)
-            inputs = self._segment["inputs"]
-        finally:
-            self._segment = None
         token_mask = attention_mask.bool()
         next_state = torch.stack(
-            [memory.write(inputs[i], token_mask, state[:, i]) for i, memory in enumerate(self.memories)], dim=1
+            [memory.write(block_inputs[i], token_mask, state[:, i]) for i, memory in enumerate(self.memories)],
+            dim=1,
         )
         return SegmentOutput(hidden, hidden[:, -1], next_state)
-
-    def _keep_input(self, index: int):
-        def hook(module, args, kwargs):
-            if self._segment is not None:
-                self._segment["inputs"][index] = args[0] if args else kwargs["hidden_states"]
-
-        return hook
-
-    def _add_read(self, index: int):
-        def hook(module, args, output):
-            if self._segment is None:
-                return None
-            block_input = self._segment["inputs"][index]
-            read = self.memories[index].read(block_input, self._segment["memory"][:, index])
-            # Blocks return their hidden states alone or first in a tuple, depending on the model family.
-            if isinstance(output, tuple):
-                return (output[0] + read, *output[1:])
-            return output + read
-
-        return hook
-
-
-def decoder_blocks(backbone: Backbone) -> nn.ModuleList:
-    """The backbone's stack of decoder blocks: its ModuleList of `num_hidden_layers` modules."""
-    layers = backbone.model.config.num_hidden_layers
-    for module in backbone.model.base_model.modules():
-        if isinstance(module, nn.ModuleList) and len(module) == layers:
-            return module
-    raise ValueError(f"found no list of {layers} decoder blocks in {type(backbone.model.base_model).__name__}; "
-                     "model=lm2 wraps the blocks of GPT-2- and Llama-style decoders")

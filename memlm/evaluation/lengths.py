@@ -1,0 +1,53 @@
+"""The length sweep: a checkpoint's accuracy, or perplexity, at a list of input lengths, far beyond the trained
+length if asked.
+
+Each length is one fixed set of samples of the split (fact tasks: `samples` generated samples; language modelling:
+every token of the first `samples` documents, cut into windows of that many segments), run through Lightning's
+validation loop: no gradients, and the segment loop keeps one segment's activations plus the memory, so memory use
+is flat in the length. Samples are made as they are read, so nothing of size length x samples is ever held.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import lightning as L
+from omegaconf import DictConfig
+
+from memlm.checkpointing import trained_segment_count
+from memlm.evaluation.reports import LengthReport
+from memlm.module import MemoryLM
+from memlm.training import build_datamodule
+
+UNITS = ("segments", "tokens")
+
+
+def segment_counts(lengths: list[int], unit: str, segment_length: int) -> list[int]:
+    """Lengths as whole segment counts; token lengths round up to fill the last segment."""
+    if unit not in UNITS:
+        raise ValueError(f"unit={unit!r} is not one of {UNITS}")
+    if not lengths or any(length < 1 for length in lengths):
+        raise ValueError(f"lengths={lengths} must be a non-empty list of positive {unit}")
+    if unit == "tokens":
+        return sorted({math.ceil(length / segment_length) for length in lengths})
+    return sorted(set(lengths))
+
+
+def evaluate_lengths(cfg: DictConfig, model: MemoryLM, checkpoint: dict, data: DictConfig) -> LengthReport:
+    """The data's figure by segment count (and for perplexity by segment position); writes
+    `<figure>_by_length.csv/.png` (and `<figure>_by_segment.csv/.png`) into `cfg.out_dir`."""
+    datamodule = build_datamodule(data, model.tokenizer, model.head.backbone.is_decoder)
+    model.head.check_fits(datamodule.segment_length)
+    datamodule.prepare_data()
+    counts = segment_counts(list(cfg.lengths), cfg.unit, datamodule.segment_length)
+    loaders = [datamodule.loader(datamodule.samples(cfg.split, n, cfg.samples)) for n in counts]
+    trainer = L.Trainer(
+        accelerator=cfg.accelerator, devices=1, logger=False, enable_checkpointing=False, enable_model_summary=False
+    )
+    trainer.validate(model, dataloaders=loaders, verbose=False)
+    metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
+    samples = {n: len(loader.dataset) for n, loader in zip(counts, loaders, strict=True)}
+    report = LengthReport(model.objective.headline, samples, metrics, datamodule.segment_length)
+    report.write(Path(cfg.out_dir), cfg.split, trained_segment_count(checkpoint))
+    return report

@@ -1,0 +1,26 @@
+"""The heads the tests run: one row per `conf/model/*.yaml`, sized small enough for every test that uses it.
+
+A new head needs one row here, and `tests/test_heads.py` fails until it has one; the tests that run every head
+(causality, generation, training, language modelling) then cover it. Sizes fit the shortest segments these tests
+use (6 tokens): HMT's summary reads at most a segment (j <= L) and its sensory memory is shorter than one (k < L).
+"""
+
+from hydra.utils import instantiate
+
+from memlm.backbones import Backbone
+from memlm.memory import MemoryHead
+from tests.conftest import compose_train
+
+HEADS = {
+    "baseline": ["model=baseline"],
+    "rmt": ["model=rmt", "model.num_mem_tokens=2"],
+    "hmt": ["model=hmt", "model.sensory_tokens=2", "model.summary_tokens=3", "model.cache_size=4"],
+    "lm2": ["model=lm2", "model.memory_slots=4"],
+}
+"""Head name (the stem of its `conf/model/*.yaml`) -> the Hydra overrides that select it at test size."""
+
+
+def build_head(name: str, backbone: Backbone, *overrides: str) -> MemoryHead:
+    """The head `name` on `backbone`, built from the composed config as training builds it, so a test runs what
+    `model=<name>` runs; `overrides` come after the row's and win."""
+    return instantiate(compose_train([*HEADS[name], *overrides]).model, backbone=backbone)
