@@ -33,6 +33,8 @@ from transformers import (
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
+from memlm import assets
+
 KINDS = ("causal", "encoder")
 
 BeforeBlock = Callable[[int, torch.Tensor], torch.Tensor | None]
@@ -237,19 +239,26 @@ def _attention_function(module: nn.Module, implementation: str) -> AttentionFunc
 
 def _resolve(name_or_path: str) -> str:
     """An offline asset name becomes its prepared folder; hub ids and paths pass through."""
-    from memlm import assets
-
     if name_or_path in assets.ASSETS:
         return str(assets.prepare([name_or_path])[name_or_path])
     return name_or_path
 
 
 def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
+    """A tokenizer by hub id, folder or offline asset name, with a pad token."""
     tokenizer = AutoTokenizer.from_pretrained(_resolve(name_or_path))
     if tokenizer.pad_token is None:
         # Causal tokenizers (GPT-2, Llama) ship without a pad token; padding positions are masked anyway.
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def backbone_tokenizer(name_or_path: str | None = None, tokenizer: str | None = None) -> PreTrainedTokenizerBase:
+    """The tokenizer of a backbone config: its own `tokenizer`, else the pretrained model's."""
+    source = tokenizer or name_or_path
+    if source is None:
+        raise ValueError("backbone.tiny needs backbone.tokenizer (a hub id, a folder or an asset name)")
+    return load_tokenizer(source)
 
 
 def load_backbone(
@@ -267,10 +276,7 @@ def load_backbone(
         raise ValueError("set exactly one of backbone.name_or_path (pretrained) or backbone.tiny (random init)")
     if kind not in KINDS:
         raise ValueError(f"backbone.kind={kind!r} is not one of {KINDS}")
-    tokenizer_source = tokenizer or name_or_path
-    if tokenizer_source is None:
-        raise ValueError("backbone.tiny needs backbone.tokenizer (a hub id, a folder or an asset name)")
-    tok = load_tokenizer(tokenizer_source)
+    tok = backbone_tokenizer(name_or_path, tokenizer)
     auto = AutoModelForCausalLM if kind == "causal" else AutoModel
     if tiny is not None:
         config = AutoConfig.for_model(**{**dict(tiny), "vocab_size": len(tok)})

@@ -8,13 +8,18 @@ part of the checkpoint (`state_dict`), so a resumed run continues on the same se
 checkpoint callbacks after all others, so a checkpoint taken at a validation that advanced the stage already holds
 the new stage.
 
-The callback sets `num_segments` on the datamodule; the datamodule builds a fresh training loader each epoch
-(`reload_dataloaders_every_n_epochs=1`) and an epoch lasts one validation interval, so a new stage starts with the
-next epoch's loader.
+Within a stage of n segments, `segment_range` says which counts training batches draw from, uniformly per batch:
+"stage" (n only, the RMT papers' recipe), "upper_half" ([ceil(n/2), n]) or "up_to_stage" ([1, n]). Varied lengths
+(ARMT's `vary_n_segments`) teach the memory to answer after any number of segments rather than after exactly n.
+
+The callback sets `num_segments` (and `fewest_segments`) on the datamodule; the datamodule builds a fresh training
+loader each epoch (`reload_dataloaders_every_n_epochs=1`) and an epoch lasts one validation interval, so a new stage
+starts with the next epoch's loader.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import lightning as L
@@ -22,6 +27,13 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 
 from memlm.metrics import metric_name
+
+SEGMENT_RANGES = {
+    "stage": lambda n: n,
+    "upper_half": lambda n: max(1, math.ceil(n / 2)),
+    "up_to_stage": lambda n: 1,
+}
+"""`segment_range` -> the fewest segments a training batch of a stage of n segments may draw."""
 
 
 class SegmentCurriculum(Callback):
@@ -32,6 +44,7 @@ class SegmentCurriculum(Callback):
         threshold: float | None = 0.95,
         max_steps_per_stage: int | None = None,
         stop_when_done: bool = True,
+        segment_range: str = "stage",
         metric: str = "accuracy",
         higher_is_better: bool = True,
     ):
@@ -40,6 +53,8 @@ class SegmentCurriculum(Callback):
         segments = list(segments)
         if not segments or any(n < 1 for n in segments) or segments != sorted(set(segments)):
             raise ValueError(f"curriculum.segments={segments} must be a non-empty increasing list of positive counts")
+        if segment_range not in SEGMENT_RANGES:
+            raise ValueError(f"curriculum.segment_range={segment_range!r} is not one of {tuple(SEGMENT_RANGES)}")
         if max_steps_per_stage is not None and max_steps_per_stage < 1:
             raise ValueError(f"curriculum.max_steps_per_stage={max_steps_per_stage} must be positive or null")
         if threshold is None and max_steps_per_stage is None and len(segments) > 1:
@@ -56,6 +71,7 @@ class SegmentCurriculum(Callback):
         self.higher_is_better = higher_is_better
         self.max_steps_per_stage = max_steps_per_stage
         self.stop_when_done = stop_when_done
+        self.segment_range = segment_range
         self.stage = 0
         self.stage_start_step = 0
         self.history: list[dict] = []
@@ -71,6 +87,7 @@ class SegmentCurriculum(Callback):
 
     def _apply(self) -> None:
         self.datamodule.num_segments = self.num_segments
+        self.datamodule.fewest_segments = SEGMENT_RANGES[self.segment_range](self.num_segments)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:

@@ -13,7 +13,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from transformers import PreTrainedTokenizerBase
 
-from memlm.backbones import load_tokenizer
+from memlm.backbones import backbone_tokenizer
 from memlm.checkpointing import load_initial_weights, resume_checkpoint
 from memlm.curriculum import SegmentCurriculum
 from memlm.data.base import MemoryDataModule
@@ -38,7 +38,7 @@ def build(cfg: DictConfig) -> tuple[MemoryDataModule, MemoryLM]:
     """Everything a run needs, in one order: tokenizer, DataModule, model, and the check that they fit together."""
     plain = OmegaConf.to_container(cfg, resolve=True)
     backbone = plain["backbone"]
-    tokenizer = load_tokenizer(backbone.get("tokenizer") or backbone["name_or_path"])
+    tokenizer = backbone_tokenizer(backbone.get("name_or_path"), backbone.get("tokenizer"))
     datamodule = build_datamodule(cfg.data, tokenizer, is_decoder=backbone.get("kind", "causal") == "causal")
     model = MemoryLM(
         backbone=backbone,

@@ -65,6 +65,12 @@ def test_no_output_depends_on_a_later_token(backbone, head, segment, position):
     assert later_moved  # the change itself is seen: the test would notice a leak
 
 
+@pytest.mark.parametrize("segment, position", [(0, 0), (2, 12)])
+def test_a_gated_rmt_write_is_causal_too(backbone, segment, position):
+    earlier_moved, later_moved = perturb(default_head("rmt", backbone, "model.write=gated"), segment, position)
+    assert not earlier_moved and later_moved
+
+
 def test_hmt_published_mode_is_the_expected_exception():
     # Position 5 of the third segment lies inside its first j tokens, which the published summary reads. (GPT-2
     # shape only: the tiny random Llama's memory embeddings are so alike that the leak is at rounding level.)

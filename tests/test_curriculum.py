@@ -101,3 +101,20 @@ def test_without_a_threshold_stages_advance_on_steps_alone_and_training_runs_to_
 def test_thresholds_that_cannot_move_training_on_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
         SegmentCurriculum(SimpleNamespace(), [1, 2], **kwargs)
+
+
+@pytest.mark.parametrize("segment_range, fewest", [("stage", [1, 2, 8]), ("upper_half", [1, 1, 4]),
+                                                   ("up_to_stage", [1, 1, 1])])
+def test_segment_range_sets_the_fewest_segments_of_each_stage(segment_range, fewest):
+    datamodule = SimpleNamespace()
+    curriculum = SegmentCurriculum(datamodule, [1, 2, 8], threshold=0.9, segment_range=segment_range)
+    seen = [datamodule.fewest_segments]
+    for step in (100, 200):
+        validation(curriculum, 1.0, step, datamodule)
+        seen.append(datamodule.fewest_segments)
+    assert seen == fewest and datamodule.num_segments == 8
+
+
+def test_an_unknown_segment_range_names_the_key():
+    with pytest.raises(ValueError, match="curriculum.segment_range='some'"):
+        SegmentCurriculum(SimpleNamespace(), [1, 2], segment_range="some")

@@ -1,6 +1,7 @@
 """The fact-task DataModule: streams are reproducible, distinct per worker, rank and epoch; official bAbI files
 supply the facts; validation sets are fixed."""
 
+import random
 from types import SimpleNamespace
 
 import pytest
@@ -74,3 +75,21 @@ def test_official_babi_file_supplies_the_facts(tokenizer, background, tmp_path):
 
 def test_a_fixed_set_iterates_to_its_length(tokenizer, background):
     assert len(list(datamodule(tokenizer, background).samples("validation", 1, 5))) == 5
+
+
+def test_varied_lengths_draw_one_count_per_batch_within_the_range(tokenizer, background):
+    module = datamodule(tokenizer, background)
+    module.num_segments, module.fewest_segments = 4, 2
+    loader = module.train_dataloader()
+    counts = [batch["input_ids"].shape[1] for batch, _ in zip(loader, range(24), strict=False)]
+    assert set(counts) == {2, 3, 4}
+    again = [batch["input_ids"].shape[1] for batch, _ in zip(module.train_dataloader(), range(24), strict=False)]
+    assert again == counts
+
+
+def test_a_fixed_count_streams_the_samples_it_streamed_before_ranges_existed(tokenizer, background):
+    builder = datamodule(tokenizer, background).builder("train")
+    stream = iter(SampleStream(builder, num_segments=2, seed="s", batch_size=3))
+    rng = random.Random("s/worker0")
+    for _ in range(6):
+        assert torch.equal(next(stream)["input_ids"], builder.build(rng, 2)["input_ids"])

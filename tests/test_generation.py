@@ -79,19 +79,18 @@ def test_bad_sampling_options_are_refused(options):
         Sampling(**options)
 
 
-def test_generate_script_continues_a_prompt_from_a_checkpoint(fast_cfg, tmp_path, capsys):
+def test_generate_script_continues_a_prompt_from_a_checkpoint(memorize_run, capsys):
     import importlib.util
 
-    from memlm.training import train
     from tests.conftest import REPO
 
-    train(fast_cfg())
+    checkpoint, _ = memorize_run
     capsys.readouterr()  # drop the training run's output
     spec = importlib.util.spec_from_file_location("generate_script", REPO / "scripts" / "generate.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     prompt = " Mary went to the kitchen. " + "The baker walked down the lane. " * 12 + "Where is Mary?"
-    continuation = script.main([str(tmp_path / "checkpoints" / "last.ckpt"), "--prompt", prompt,
+    continuation = script.main([str(checkpoint), "--prompt", prompt,
                                 "--max-new-tokens", "5", "--no-stop"])
     captured = capsys.readouterr()
     assert "read as 4 segment(s) of 24" in captured.err

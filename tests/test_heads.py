@@ -94,3 +94,23 @@ def test_zero_memory_tokens_is_refused():
 def test_every_configured_head_has_a_row_in_the_tests_heads_table():
     configured = {path.stem for path in (CONF / "model").glob("*.yaml")}
     assert set(HEADS) == configured, "add the new head to HEADS in tests/heads.py with its test-size overrides"
+
+
+@pytest.mark.parametrize("gate_bias, kept", [(-30.0, True), (30.0, False)])
+def test_a_gated_write_keeps_or_replaces_the_memory_as_its_gate_says(backbone, gate_bias, kept):
+    torch.manual_seed(0)
+    gated = RMT(backbone, num_mem_tokens=3, write="gated", gate_bias=gate_bias).eval()
+    replacing = RMT(backbone, num_mem_tokens=3).eval()
+    replacing.memory.data.copy_(gated.memory.data)
+    ids, mask = segment()
+    memory = gated.initial_state(2)
+    with torch.no_grad():
+        written = gated(ids, mask, memory).state
+        replaced = replacing(ids, mask, memory).state
+    torch.testing.assert_close(written, memory if kept else replaced)
+    assert not torch.allclose(memory, replaced)  # the two cases differ: the test can tell them apart
+
+
+def test_an_unknown_write_names_the_key():
+    with pytest.raises(ValueError, match="model.write='append'"):
+        RMT(tiny("causal"), num_mem_tokens=2, write="append")

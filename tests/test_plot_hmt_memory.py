@@ -41,7 +41,7 @@ def test_cache_fills_to_n_and_each_search_weighs_the_memories_still_cached(hmt_c
         assert np.isnan(np.delete(weights[n], cached)).all()
 
 
-def test_other_heads_are_refused(lm_cfg, tmp_path):
-    train(lm_cfg("trainer.max_steps=3"))
+def test_other_heads_are_refused(memorize_run, tmp_path):
+    checkpoint, _ = memorize_run
     with pytest.raises(SystemExit):
-        plot_hmt_memory.main([str(tmp_path / "checkpoints" / "last.ckpt"), "--out", str(tmp_path / "views")])
+        plot_hmt_memory.main([str(checkpoint), "--out", str(tmp_path / "views")])

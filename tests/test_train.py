@@ -19,15 +19,16 @@ from tests.conftest import FAST, REPO, SMALL_RMT, TINY_BERT, TINY_GPT2, compose_
 from tests.heads import HEADS
 
 
-def test_quick_run_reports_accuracy_per_segment_count(fast_cfg, tmp_path):
-    metrics = train(fast_cfg())
+def test_quick_run_reports_accuracy_per_segment_count(memorize_run):
+    checkpoint, metrics = memorize_run
+    run_dir = checkpoint.parent.parent
     for n in (1, 2):
         assert 0.0 <= metrics[f"val/accuracy_{n}seg"] <= 1.0
-    summary = json.loads((tmp_path / "summary.json").read_text())
+    summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["global_step"] == 6
     assert set(summary["val_accuracy_by_segments"]) == {"1", "2"}
-    assert (tmp_path / "accuracy.png").stat().st_size > 1000
-    assert list((tmp_path / "csv").glob("version_*/metrics.csv"))
+    assert (run_dir / "accuracy.png").stat().st_size > 1000
+    assert list((run_dir / "csv").glob("version_*/metrics.csv"))
 
 
 @pytest.mark.parametrize("head", list(HEADS.values()), ids=list(HEADS))
@@ -36,9 +37,8 @@ def test_every_head_trains_through_the_same_loop(fast_cfg, head):
     assert 0.0 <= metrics["val/accuracy_2seg"] <= 1.0 and metrics["val/loss_2seg"] > 0
 
 
-def test_checkpoint_loads_with_weights_only_and_rebuilds_the_model(fast_cfg, tmp_path):
-    train(fast_cfg())
-    path = tmp_path / "checkpoints" / "last.ckpt"
+def test_checkpoint_loads_with_weights_only_and_rebuilds_the_model(memorize_run):
+    path, _ = memorize_run
     checkpoint = torch.load(path, weights_only=True)
     assert checkpoint["hyper_parameters"]["model"]["num_mem_tokens"] == 2
     assert checkpoint["global_step"] == 6
@@ -94,7 +94,9 @@ def final_validation(run_dir: Path) -> dict[str, float]:
     return {name: value for name, value in metrics.items() if name.startswith("val/")}
 
 
-RESUMABLE = ["trainer.max_steps=12", "curriculum.max_steps_per_stage=3", "curriculum.segments=[1,2,3]"]
+# Varied lengths too: the counts drawn after the resume must be the ones an uninterrupted run draws.
+RESUMABLE = ["trainer.max_steps=12", "curriculum.max_steps_per_stage=3", "curriculum.segments=[1,2,4]",
+             "curriculum.segment_range=upper_half"]
 
 
 @pytest.mark.slow
@@ -176,8 +178,7 @@ def test_hmt_stage2_starts_from_stage1_weights_with_a_fresh_run(fast_cfg, tmp_pa
     assert json.loads((tmp_path / "stage2" / "summary.json").read_text())["global_step"] == 6
 
 
-def test_initial_weights_from_another_head_are_refused(fast_cfg, tmp_path):
-    train(fast_cfg())
+def test_initial_weights_from_another_head_are_refused(fast_cfg, memorize_run):
+    checkpoint, _ = memorize_run
     with pytest.raises(ValueError, match="init_weights.*does not match"):
-        train(fast_cfg(f"init_weights={tmp_path / 'checkpoints' / 'last.ckpt'}", f"run_dir={tmp_path / 'hmt'}",
-                       head=["model=hmt", *HMT_SMALL]))
+        train(fast_cfg(f"init_weights={checkpoint}", head=["model=hmt", *HMT_SMALL]))

@@ -36,18 +36,33 @@ class SampleMaker(Protocol):
 
 
 class SampleStream(IterableDataset):
-    """An endless stream of training samples from one seed (and the loader worker's id)."""
+    """An endless stream of training samples from one seed (and the loader worker's id).
 
-    def __init__(self, maker: SampleMaker, num_segments: int, seed: str):
+    Every `batch_size` consecutive samples share a segment count, drawn uniformly from `fewest_segments` to
+    `num_segments` (ARMT's varied lengths; with both equal, every sample has `num_segments`). A loader batches an
+    iterable dataset in runs of `batch_size` from each worker's own stream, so each batch is one draw. The counts
+    come from their own generator, so a fixed count leaves the samples exactly what they are without variation.
+    """
+
+    def __init__(self, maker: SampleMaker, num_segments: int, seed: str, batch_size: int = 1,
+                 fewest_segments: int | None = None):
+        fewest_segments = num_segments if fewest_segments is None else fewest_segments
+        if not 1 <= fewest_segments <= num_segments:
+            raise ValueError(f"segment counts from {fewest_segments} to {num_segments}: need 1 <= fewest <= most")
         self.maker = maker
         self.num_segments = num_segments
+        self.fewest_segments = fewest_segments
+        self.batch_size = batch_size
         self.seed = seed
 
     def __iter__(self):
         worker = get_worker_info()
-        rng = random.Random(f"{self.seed}/worker{worker.id if worker else 0}")
+        seed = f"{self.seed}/worker{worker.id if worker else 0}"
+        rng, counts = random.Random(seed), random.Random(f"{seed}/counts")
         while True:
-            yield self.maker.build(rng, self.num_segments)
+            n = counts.randint(self.fewest_segments, self.num_segments)
+            for _ in range(self.batch_size):
+                yield self.maker.build(rng, n)
 
 
 class SeededSamples(Dataset):
@@ -74,7 +89,8 @@ class MemoryDataModule(L.LightningDataModule):
 
     Subclasses say which data `kind` they are ("answer" or "language_model", see `memlm.objectives`), which
     objectives they serve, what makes their training samples (`training_maker`) and their fixed sets (`samples`).
-    The curriculum sets `num_segments`; Lightning rebuilds the training loader every epoch, so a new count takes
+    The curriculum sets `num_segments` (the stage's count) and `fewest_segments` (the shortest count a training
+    batch may draw, see `SampleStream`); Lightning rebuilds the training loader every epoch, so a new stage takes
     effect at the next epoch.
     """
 
@@ -98,6 +114,7 @@ class MemoryDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.seed = seed
         self.num_segments = self.val_segments[0]
+        self.fewest_segments: int | None = None  # None: every training batch has num_segments
 
     @property
     def num_classes(self) -> int:
@@ -123,7 +140,8 @@ class MemoryDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         trainer = self.trainer
         seed = f"{self.seed}/train/rank{trainer.global_rank}/epoch{trainer.current_epoch}/{self.num_segments}seg"
-        return self.loader(SampleStream(self.training_maker(), self.num_segments, seed))
+        stream = SampleStream(self.training_maker(), self.num_segments, seed, self.batch_size, self.fewest_segments)
+        return self.loader(stream)
 
     def loader(self, samples: Dataset) -> DataLoader:
         return DataLoader(samples, batch_size=self.batch_size, num_workers=self.num_workers)

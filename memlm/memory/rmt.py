@@ -8,25 +8,41 @@ Encoder form: `[CLS] memory (m) [SEP] tokens [SEP]`; the hidden states at the me
 and the CLS of the last segment is what a classifier reads. The paper adds m token ids to the vocabulary and uses
 their embeddings as the initial memory; a learned (m, hidden) parameter is the same thing without resizing the
 backbone's vocabulary.
+
+Memory write. The paper replaces the memory with the write positions' outputs (`write="replace"`). Over thousands
+of segments that asks the network to copy a fact through every step unchanged; `write="gated"` makes keeping the
+old memory the easy path instead: `m <- g * new + (1 - g) * m`, with the gate `g = sigmoid(W [new ; m] + b)` per
+memory element, computed from the new and the old memory. `gate_bias` (b at initialisation) sets how much is kept
+before training: negative keeps more.
 """
 
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from memlm.backbones import Backbone
 from memlm.memory.base import MemoryHead, MemoryState, SegmentOutput, frame_for_encoder, pad_mask
+
+WRITES = ("replace", "gated")
 
 
 class RMT(MemoryHead):
     size_key = "model.num_mem_tokens"
 
-    def __init__(self, backbone: Backbone, num_mem_tokens: int = 10):
+    def __init__(self, backbone: Backbone, num_mem_tokens: int = 10, write: str = "replace", gate_bias: float = 0.0):
         super().__init__(backbone)
         if num_mem_tokens < 1:
             raise ValueError(f"model.num_mem_tokens={num_mem_tokens} must be at least 1 (use model=baseline for none)")
+        if write not in WRITES:
+            raise ValueError(f"model.write={write!r} is not one of {WRITES}")
         self.num_mem_tokens = num_mem_tokens
         self.memory = self.embedding_scaled(num_mem_tokens, backbone.hidden_size)
+        if write == "gated":
+            self.write_gate = nn.Linear(2 * backbone.hidden_size, backbone.hidden_size)
+            nn.init.constant_(self.write_gate.bias, gate_bias)
+        else:
+            self.write_gate = None
 
     def initial_state(self, batch_size: int) -> MemoryState:
         return self.memory.unsqueeze(0).expand(batch_size, -1, -1)
@@ -41,6 +57,13 @@ class RMT(MemoryHead):
         if self.backbone.is_decoder:
             hidden = self.backbone(torch.cat([state, tokens, state], dim=1), pad_mask(attention_mask, m, m))
             token_states = hidden[:, m:-m]
-            return SegmentOutput(token_states, token_states[:, -1], hidden[:, -m:])
+            return SegmentOutput(token_states, token_states[:, -1], self._written(hidden[:, -m:], state))
         hidden = self.backbone(frame_for_encoder(self.backbone, [state], tokens), pad_mask(attention_mask, m + 2, 1))
-        return SegmentOutput(hidden[:, m + 2 : -1], hidden[:, 0], hidden[:, 1 : m + 1])
+        return SegmentOutput(hidden[:, m + 2 : -1], hidden[:, 0], self._written(hidden[:, 1 : m + 1], state))
+
+    def _written(self, new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
+        """The memory the next segment reads: the write positions' outputs, or their gated mix with the old."""
+        if self.write_gate is None:
+            return new
+        gate = torch.sigmoid(self.write_gate(torch.cat([new, old.to(new.dtype)], dim=-1)))
+        return gate * new + (1 - gate) * old
