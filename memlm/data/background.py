@@ -141,7 +141,8 @@ def load_documents(source: str, split: str) -> list[str]:
 
 def background_assets(source: str) -> list[str]:
     """The offline assets (`memlm.assets` names) that background `source` reads."""
-    return [CORPORA["pg19"].embedded_asset] if source == "embedded" else []
+    # "embedded" background is the PG-19 stand-in; every other source is the hub or the user's files.
+    return CORPORA["pg19"].required_assets(source)
 
 
 def _folder_documents(folder: Path, split: str) -> list[str]:

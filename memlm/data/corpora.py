@@ -259,6 +259,10 @@ class Corpus:
     """Documents streamed from the hub when the corpus is background text for the fact tasks: more than any run
     draws, and streaming stops there instead of reading the whole corpus (PG-19 is 11 GB)."""
 
+    def required_assets(self, source: str) -> list[str]:
+        """The offline assets (`memlm.assets` names) that reading `source` needs: the stand-in for "embedded"."""
+        return [self.embedded_asset] if source == "embedded" else []
+
 
 CORPORA: dict[str, Corpus] = {
     "pg19": Corpus("pg19", pg19, pg19_root, PG19_LAYOUT, "austen", 200),  # 200 books: about 14M words

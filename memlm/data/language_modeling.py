@@ -239,7 +239,7 @@ class LanguageModelDataModule(MemoryDataModule):
         self._documents: dict[str, Dataset] = {}
 
     def required_assets(self) -> list[str]:
-        return [self.corpus.embedded_asset] if self.source == "embedded" else []
+        return self.corpus.required_assets(self.source)
 
     def documents(self, split: str) -> Dataset:
         if split not in self._documents:
