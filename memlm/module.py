@@ -15,6 +15,7 @@ import torch
 from hydra.utils import instantiate
 from transformers import get_scheduler
 
+from memlm.data.base import SegmentedBatch, segmented
 from memlm.metrics import metric_name
 from memlm.objectives import build_objective
 from memlm.recurrence import Recurrence
@@ -48,34 +49,54 @@ class MemoryLM(L.LightningModule):
     def tokenizer(self):
         return self.head.backbone.tokenizer
 
-    def unroll(self, batch: dict, backward=None):
-        """Run all of a batch's segments; return the loss and the objective's tally of the batch."""
-        tally = self.objective.start(batch)
-
-        def segment_loss(k, out):
-            return self.objective.segment_loss(self.head.backbone, k, out, batch, tally)
-
-        loss = self.recurrence.run(self.head, batch["input_ids"], batch["attention_mask"], segment_loss, backward)
+    def unroll(self, batch: dict | SegmentedBatch, backward=None):
+        """Run all of a batch's segments (a collated dict, or a `SegmentedBatch`); return the loss that is
+        optimised and the objective's tally of the batch."""
+        loss, tally, _ = self.unroll_with_penalty(batch, backward)
         return loss, tally
+
+    def unroll_with_penalty(self, batch: dict | SegmentedBatch, backward=None):
+        """`unroll`, and the part of the loss that is the heads' penalties (training only: a regulariser shapes
+        learning and is no part of a figure)."""
+        batch = segmented(batch)
+        tally = self.objective.start(batch)
+        penalties = torch.zeros((), device=batch.device)
+
+        def segment_loss(k, out, segment):
+            nonlocal penalties
+            loss = self.objective.segment_loss(self.head.backbone, k, out, segment, batch, tally)
+            if out.penalty is None or not self.training:
+                return loss
+            penalty = out.penalty / batch.num_segments
+            penalties = penalties + penalty.detach()
+            return penalty if loss is None else loss + penalty
+
+        loss = self.recurrence.run(self.head, batch, segment_loss, backward)
+        return loss, tally, penalties
 
     def training_step(self, batch: dict, batch_idx: int) -> None:
         optimizer = self.optimizers()
         optimizer.zero_grad()
-        loss, tally = self.unroll(batch, backward=self.manual_backward)
+        batch = segmented(batch)
+        loss, tally, penalty = self.unroll_with_penalty(batch, backward=self.manual_backward)
         self.clip_gradients(
             optimizer, gradient_clip_val=self.optim["gradient_clip_val"], gradient_clip_algorithm="norm"
         )
         optimizer.step()
         self.lr_schedulers().step()
-        batch_size, num_segments = batch["input_ids"].shape[:2]
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
+        batch_size, num_segments = batch.size, batch.num_segments
+        # The task's loss, comparable with validation's; a penalty is logged beside it.
+        self.log("train/loss", loss - penalty, prog_bar=True, batch_size=batch_size)
+        if penalty.item():
+            self.log("train/penalty", penalty, batch_size=batch_size)
         for name, value in self.objective.batch_figures(tally).items():
             self.log(f"train/{name}", value, prog_bar=True, batch_size=batch_size)
         self.log("train/segments", float(num_segments), prog_bar=True, batch_size=batch_size)
 
     def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        batch = segmented(batch)
         _, tally = self.unroll(batch)
-        self.score(batch["input_ids"].shape[1]).update(tally)
+        self.score(batch.num_segments).update(tally)
 
     def score(self, num_segments: int):
         key = str(num_segments)

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from memlm.backbones import Backbone
-from memlm.data.base import IGNORE
+from memlm.data.base import IGNORE, SegmentedBatch
 from memlm.memory.base import SegmentOutput
 from memlm.metrics import AnswerScore, AnswerTally, SegmentPerplexity, TokenTally
 
@@ -46,12 +46,12 @@ class GenerativeAnswer(AnswerObjective):
 
     batch_keys = ("input_ids", "attention_mask", "labels")
 
-    def start(self, batch: dict[str, torch.Tensor]) -> AnswerTally:
-        labels = batch["labels"]
-        return self.tally(labels.new_zeros(labels.shape[0]), int((labels != IGNORE).sum()))
+    def start(self, batch: SegmentedBatch) -> AnswerTally:
+        return self.tally(torch.zeros(batch.size, dtype=torch.long, device=batch.device), batch.num_scored)
 
-    def segment_loss(self, backbone: Backbone, k: int, out: SegmentOutput, batch: dict, tally: AnswerTally):
-        labels = batch["labels"][:, k]
+    def segment_loss(self, backbone: Backbone, k: int, out: SegmentOutput, segment: dict, batch: SegmentedBatch,
+                     tally: AnswerTally):
+        labels = segment["labels"]
         scored = labels != IGNORE
         if not scored.any():
             return None
@@ -72,12 +72,12 @@ class Classification(AnswerObjective):
         super().__init__()
         self.classifier = nn.Linear(hidden_size, num_classes)
 
-    def start(self, batch: dict[str, torch.Tensor]) -> AnswerTally:
-        labels = batch["class_label"]
-        return self.tally(labels.new_zeros(labels.shape[0]), labels.shape[0])
+    def start(self, batch: SegmentedBatch) -> AnswerTally:
+        return self.tally(torch.zeros(batch.size, dtype=torch.long, device=batch.device), batch.size)
 
-    def segment_loss(self, backbone: Backbone, k: int, out: SegmentOutput, batch: dict, tally: AnswerTally):
-        if k != batch["input_ids"].shape[1] - 1:
+    def segment_loss(self, backbone: Backbone, k: int, out: SegmentOutput, segment: dict, batch: SegmentedBatch,
+                     tally: AnswerTally):
+        if k != batch.num_segments - 1:
             return None
         logits = self.classifier(out.summary).float()
         targets = batch["class_label"]
@@ -95,14 +95,13 @@ class LanguageModeling(nn.Module):
     score = SegmentPerplexity
     batch_keys = ("input_ids", "attention_mask", "labels")
 
-    def start(self, batch: dict[str, torch.Tensor]) -> TokenTally:
-        labels = batch["labels"]
-        num_segments = labels.shape[1]
-        zeros = labels.new_zeros(num_segments, dtype=torch.float)
-        return TokenTally(zeros, zeros.clone(), int((labels != IGNORE).sum()))
+    def start(self, batch: SegmentedBatch) -> TokenTally:
+        zeros = torch.zeros(batch.num_segments, dtype=torch.float, device=batch.device)
+        return TokenTally(zeros, zeros.clone(), batch.num_scored)
 
-    def segment_loss(self, backbone: Backbone, k: int, out: SegmentOutput, batch: dict, tally: TokenTally):
-        labels = batch["labels"][:, k]
+    def segment_loss(self, backbone: Backbone, k: int, out: SegmentOutput, segment: dict, batch: SegmentedBatch,
+                     tally: TokenTally):
+        labels = segment["labels"]
         scored = labels != IGNORE
         if not scored.any():
             return None

@@ -20,13 +20,27 @@ def plot_by_length(
     trained_up_to: int | None = None,
 ) -> Path:
     """A figure against length on a log2 axis, with the longest trained length marked if given."""
+    return plot_series_by_length({None: values}, path, title, ylabel, xlabel, trained_up_to)
+
+
+def plot_series_by_length(
+    series: Mapping[str | None, Mapping[int, float]],
+    path: Path,
+    title: str,
+    ylabel: str,
+    xlabel: str = "segments",
+    trained_up_to: int | None = None,
+) -> Path:
+    """One line per series (a run, a seed) against length on a log2 axis; a series labelled None has no legend."""
     fig, ax = plt.subplots(figsize=(6, 4))
-    lengths = sorted(values)
-    ax.plot(lengths, [values[n] for n in lengths], marker="o")
+    for label, values in series.items():
+        lengths = sorted(values)
+        ax.plot(lengths, [values[n] for n in lengths], marker="o", label=label, alpha=0.8)
     if trained_up_to is not None:
         ax.axvline(trained_up_to, linestyle="--", color="grey", label=f"trained up to {trained_up_to}")
-        ax.legend()
-    _log2_lengths(ax, lengths)
+    if trained_up_to is not None or any(label is not None for label in series):
+        ax.legend(fontsize=8)
+    _log2_lengths(ax, sorted({n for values in series.values() for n in values}))
     if ylabel == "accuracy":
         ax.set_ylim(-0.02, 1.02)
     return _finish(fig, ax, path, title, xlabel, ylabel)

@@ -20,10 +20,11 @@ import torch
 from torch.utils._pytree import tree_map_only
 from torch.utils.checkpoint import checkpoint
 
+from memlm.data.base import SegmentedBatch
 from memlm.memory.base import MemoryHead, MemoryState, SegmentOutput
 
-SegmentLoss = Callable[[int, SegmentOutput], "torch.Tensor | None"]
-"""Given a segment's index and output, its share of the batch loss, or None when the segment has no targets."""
+SegmentLoss = Callable[[int, SegmentOutput, dict], "torch.Tensor | None"]
+"""Given a segment's index, output and tensors, its share of the batch loss, or None when it has no targets."""
 
 
 def detach_state(state: MemoryState) -> MemoryState:
@@ -51,29 +52,28 @@ class Recurrence:
     def run(
         self,
         head: MemoryHead,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
+        batch: SegmentedBatch,
         segment_loss: SegmentLoss,
         backward: Callable[[torch.Tensor], None] | None = None,
     ) -> torch.Tensor:
-        """Unroll the head over (batch, segments, segment_length) inputs and return the summed loss.
+        """Unroll the head over a batch's segments, read one at a time, and return the summed loss.
 
         Without `backward` the loss keeps its whole graph (evaluation, or one plain backward by the caller). With
         `backward` (training), gradients are computed chunk by chunk as described above and the returned loss is
         detached: the gradients are already in the parameters' `.grad`.
         """
-        num_segments = input_ids.shape[1]
-        start = self.window_start(num_segments)
-        state = head.initial_state(input_ids.shape[0])
-        total = input_ids.new_zeros((), dtype=torch.float32)
+        start = self.window_start(batch.num_segments)
+        state = head.initial_state(batch.size)
+        total = torch.zeros((), dtype=torch.float32, device=batch.device)
         window_loss = None
-        for k in range(num_segments):
-            ids, mask = input_ids[:, k], attention_mask[:, k]
+        for k in range(batch.num_segments):
+            segment = batch.segment(k)
+            ids, mask = segment["input_ids"], segment["attention_mask"]
             if k >= start and self.recompute and torch.is_grad_enabled():
                 out = checkpoint(head, ids, mask, state, use_reentrant=False)
             else:
                 out = head(ids, mask, state)
-            loss = segment_loss(k, out)
+            loss = segment_loss(k, out, segment)
             state = out.state
             if k >= start:
                 if loss is not None:

@@ -176,26 +176,46 @@ def test_sentence_pool_encodes_each_sentence_once_with_a_leading_space():
 
 
 @pytest.mark.parametrize("num_tokens", [1, 12, 40, 200])
-def test_sentence_pool_draws_consecutive_whole_sentences_long_enough(num_tokens):
+def test_sentence_pool_runs_are_consecutive_text_from_a_sentence_start(num_tokens):
     pool = SentencePool(DOCUMENTS, encode_characters)
-    corpus = [" " + sentence for sentence in corpus_sentences(DOCUMENTS)]
+    sentences = [" " + sentence for sentence in corpus_sentences(DOCUMENTS)]
+    corpus = "".join(sentences)
+    starts = {sum(map(len, sentences[:i])) for i in range(len(sentences))}
 
     for seed in range(30):
-        drawn = [decode(tokens) for tokens in pool.draw(random.Random(seed), num_tokens)]
+        run = pool.run(random.Random(seed), num_tokens)
+        text = decode(run.read(0, num_tokens).tolist())
 
-        start = corpus.index(drawn[0])
-        assert drawn == [corpus[(start + offset) % len(corpus)] for offset in range(len(drawn))]
-        assert sum(map(len, drawn)) >= num_tokens
-        assert sum(map(len, drawn[:-1])) < num_tokens
+        assert run.start in starts
+        # The pool's text goes on from its last sentence to its first.
+        assert text == (corpus * (2 + num_tokens // len(corpus)))[run.start : run.start + num_tokens]
+        middle = slice(num_tokens // 3, num_tokens // 2 + 1)
+        assert decode(run.read(middle.start, middle.stop).tolist()) == text[middle]
 
 
-def test_sentence_pool_draw_is_deterministic_per_seed_and_varies_across_seeds():
+def test_sentence_pool_run_ends_are_where_its_sentences_end():
+    pool = SentencePool(DOCUMENTS, encode_characters)
+    sentences = [" " + sentence for sentence in corpus_sentences(DOCUMENTS)]
+
+    for seed in range(30):
+        run = pool.run(random.Random(seed), 150)
+        text = decode(run.read(0, 150).tolist())
+
+        ends = run.sentence_ends().tolist()
+        assert ends == sorted(set(ends)) and 0 < ends[0] and ends[-1] <= 150
+        pieces = [text[start:end] for start, end in zip([0, *ends[:-1]], ends, strict=True)]
+        assert all(piece in sentences for piece in pieces)
+        # What follows the last end is the start of a sentence that goes on past the run.
+        assert any(sentence.startswith(text[ends[-1]:]) and len(sentence) > 150 - ends[-1] for sentence in sentences)
+
+
+def test_sentence_pool_run_is_deterministic_per_seed_and_varies_across_seeds():
     pool = SentencePool(DOCUMENTS, encode_characters)
 
-    draws = [pool.draw(random.Random(seed), 10) for seed in range(40)]
+    runs = [pool.run(random.Random(seed), 10).start for seed in range(40)]
 
-    assert draws == [pool.draw(random.Random(seed), 10) for seed in range(40)]
-    assert len({decode(tokens[0]) for tokens in draws}) > 4
+    assert runs == [pool.run(random.Random(seed), 10).start for seed in range(40)]
+    assert len(set(runs)) > 4
 
 
 def test_sentence_pool_rejects_documents_without_text():

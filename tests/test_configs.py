@@ -15,6 +15,7 @@ from hydra.utils import get_class, instantiate
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor
 from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf
+from transformers.activations import ACT2FN
 
 from memlm.checkpointing import AtomicCheckpointIO
 from memlm.evaluation import EVAL_CONFIG
@@ -146,6 +147,14 @@ def check_backbone(overrides: list[str]) -> None:
 @pytest.mark.parametrize("option", ["tiny_gpt2", "tiny_bert"])
 def test_tiny_backbones_load_and_run(option):
     check_backbone([f"backbone={option}"])
+
+
+def test_the_tiny_gpt2s_fused_gelu_is_gpt2s_own_gelu():
+    backbone = instantiate(compose_train(["backbone=tiny_gpt2"]).backbone)
+    x = torch.linspace(-12, 12, 100_001)
+
+    assert backbone.model.config.activation_function == "gelu_pytorch_tanh"
+    torch.testing.assert_close(ACT2FN["gelu_pytorch_tanh"](x), ACT2FN["gelu_new"](x), rtol=0, atol=1e-6)
 
 
 @pytest.mark.slow

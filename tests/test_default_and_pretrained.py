@@ -2,18 +2,26 @@
 
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
 
+from memlm.evaluation import EVAL_CONFIG, evaluate
 from memlm.training import build, train
-from tests.conftest import compose_train
+from tests.conftest import CONF, compose_train
 
 
 @pytest.mark.slow
-def test_default_run_learns_memorize_at_its_longest_segment_count(tmp_path):
+def test_default_run_learns_memorize_and_holds_the_fact_at_16_times_its_trained_length(tmp_path):
     cfg = compose_train([f"run_dir={tmp_path}", "callbacks.progress_bar=null"])
     longest = max(cfg.curriculum.segments)
     assert longest >= 4
     metrics = train(cfg)
     assert metrics[f"val/accuracy_{longest}seg"] >= 0.95
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        eval_cfg = compose(config_name=EVAL_CONFIG, overrides=[
+            f"ckpt_path={tmp_path / 'checkpoints' / 'last.ckpt'}", f"lengths=[{16 * longest}]", "samples=32",
+            "batch_size=32", f"out_dir={tmp_path / 'eval'}", "accelerator=cpu"])
+    assert evaluate(eval_cfg).by_length[16 * longest] >= 0.95
 
 
 @pytest.mark.slow

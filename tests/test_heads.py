@@ -4,7 +4,9 @@ import pytest
 import torch
 
 from memlm.backbones import load_backbone
+from memlm.data.base import IGNORE, WholeBatch
 from memlm.memory import RMT, Baseline
+from memlm.training import build
 from tests.conftest import CONF
 from tests.heads import HEADS
 
@@ -109,6 +111,64 @@ def test_a_gated_write_keeps_or_replaces_the_memory_as_its_gate_says(backbone, g
         replaced = replacing(ids, mask, memory).state
     torch.testing.assert_close(written, memory if kept else replaced)
     assert not torch.allclose(memory, replaced)  # the two cases differ: the test can tell them apart
+
+
+def test_the_write_penalty_is_the_weighted_mean_write_gate(backbone):
+    torch.manual_seed(0)
+    head = RMT(backbone, num_mem_tokens=3, write="gated", gate_bias=-2.0, write_penalty=4.0)
+    logits = []
+    head.write_gate.register_forward_hook(lambda module, inputs, output: logits.append(output))
+    ids, mask = segment()
+    out = head(ids, mask, head.initial_state(2))
+
+    assert out.penalty.requires_grad
+    torch.testing.assert_close(out.penalty, 4.0 * torch.sigmoid(logits[0]).mean())
+    assert RMT(backbone, num_mem_tokens=3, write="gated")(ids, mask, head.initial_state(2)).penalty is None
+
+
+def test_the_write_penalty_reaches_the_training_loss_only(fast_cfg):
+    _, model = build(fast_cfg("model.write=gated", "model.write_penalty=2.0"))
+    penalties = []
+    model.head.write_gate.register_forward_hook(
+        lambda module, inputs, output: penalties.append(2.0 * torch.sigmoid(output).mean().item()))
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 1000, (2, 3, 24), generator=generator)
+    labels = torch.full_like(ids, IGNORE)
+    labels[:, -1, -2:] = ids[:, -1, -2:]
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+
+    with torch.no_grad():
+        evaluated, _ = model.eval().unroll(WholeBatch(batch))
+        penalties.clear()
+        trained, _ = model.train().unroll(WholeBatch(batch))
+
+    assert len(penalties) == 3
+    assert trained.item() == pytest.approx(evaluated.item() + sum(penalties) / 3, rel=1e-5)
+
+
+@pytest.mark.parametrize("write, penalty", [("replace", 1.0), ("gated", -1.0), ("switch", -1.0)])
+def test_an_impossible_write_penalty_names_the_key(write, penalty):
+    with pytest.raises(ValueError, match="model.write_penalty"):
+        RMT(tiny("causal"), num_mem_tokens=2, write=write, write_penalty=penalty)
+
+
+def test_a_switched_write_keeps_the_memory_bit_for_bit_or_replaces_it_and_learns_through_its_gate(backbone):
+    torch.manual_seed(0)
+    closed = RMT(backbone, num_mem_tokens=3, write="switch", gate_bias=-30.0)
+    opened = RMT(backbone, num_mem_tokens=3, write="switch", gate_bias=30.0)
+    replacing = RMT(backbone, num_mem_tokens=3)
+    for head in (opened, replacing):
+        head.memory.data.copy_(closed.memory.data)
+    ids, mask = segment()
+    memory = closed.initial_state(2)
+
+    kept = closed(ids, mask, memory).state
+    assert torch.equal(kept, memory)  # exactly: a fact survives any number of segments the switch keeps shut
+    torch.testing.assert_close(opened(ids, mask, memory).state, replacing(ids, mask, memory).state)
+    # The forward switch is 0/1, yet the gate still gets a gradient (straight through the soft gate).
+    half_open = RMT(backbone, num_mem_tokens=3, write="switch", gate_bias=0.0)
+    half_open(ids, mask, memory).state.sum().backward()
+    assert half_open.write_gate.weight.grad.abs().sum() > 0
 
 
 def test_an_unknown_write_names_the_key():

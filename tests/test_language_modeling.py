@@ -248,8 +248,8 @@ def test_eval_of_the_whole_validation_split_reproduces_training_validation(lm_cf
     assert report.by_position[2][2] == pytest.approx(metrics["val/ppl_2seg/segment_2"], rel=1e-4)
     assert list(report.by_position[5]) == [1, 2, 3, 4, 5]
     rows = (out / "ppl_by_length.csv").read_text().splitlines()
-    assert rows[0] == "segments,tokens,ppl,loss,samples" and [row.split(",")[:2] for row in rows[1:]] == [
-        ["1", "16"], ["2", "32"], ["5", "80"]]
+    assert rows[0] == "segments,tokens,ppl,loss,samples,seconds,tokens_per_s"
+    assert [row.split(",")[:2] for row in rows[1:]] == [["1", "16"], ["2", "32"], ["5", "80"]]
     assert len((out / "ppl_by_segment.csv").read_text().splitlines()) == 1 + 1 + 2 + 5
     assert (out / "ppl_by_length.png").stat().st_size > 1000 and (out / "ppl_by_segment.png").stat().st_size > 1000
 

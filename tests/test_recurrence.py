@@ -6,7 +6,7 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from memlm.backbones import Backbone
-from memlm.data.base import IGNORE
+from memlm.data.base import IGNORE, WholeBatch
 from memlm.memory import RMT
 from memlm.objectives import GenerativeAnswer
 from memlm.recurrence import Recurrence
@@ -33,14 +33,15 @@ def make_batch(num_segments: int, answer_segments=None, seed: int = 1) -> dict:
 
 def run(head, batch, recurrence, chunked: bool):
     objective = GenerativeAnswer()
+    batch = WholeBatch(batch)
     tally = objective.start(batch)
     head.zero_grad(set_to_none=True)
 
-    def segment_loss(k, out):
-        return objective.segment_loss(head.backbone, k, out, batch, tally)
+    def segment_loss(k, out, segment):
+        return objective.segment_loss(head.backbone, k, out, segment, batch, tally)
 
     backward = (lambda loss: loss.backward()) if chunked else None
-    loss = recurrence.run(head, batch["input_ids"], batch["attention_mask"], segment_loss, backward)
+    loss = recurrence.run(head, batch, segment_loss, backward)
     if not chunked:
         loss.backward()
     return loss.item(), {name: p.grad.clone() for name, p in head.named_parameters() if p.grad is not None}

@@ -4,6 +4,8 @@ Sources: QuALITY articles (the RMT paper's noise), PG-19 books (BABILong's), Wik
 Jane Austen novels, or any folder of .txt files; PG-19 and WikiText-103 are read by `memlm.data.corpora`.
 """
 
+from __future__ import annotations
+
 import itertools
 import json
 import random
@@ -62,22 +64,39 @@ class SentencePool:
     def __len__(self) -> int:
         return len(self._offsets) - 1
 
-    def draw(self, rng: random.Random, num_tokens: int) -> list[list[int]]:
-        """Token lists of consecutive whole sentences, `num_tokens` tokens or more in all.
-
-        The run starts at a random sentence of a random document and goes on into the next documents (after the
-        last, the first) until it is long enough; the caller trims.
-        """
+    def run(self, rng: random.Random, num_tokens: int) -> TokenRun:
+        """`num_tokens` consecutive tokens from the start of a random sentence of a random document, going on into
+        the next documents (after the last, the first). Nothing is copied until it is read, so noise a million
+        tokens long costs nothing until a segment of it is needed."""
         document = rng.randrange(len(self._document_starts) - 1)
         sentence = rng.randrange(int(self._document_starts[document]), int(self._document_starts[document + 1]))
-        pieces: list[list[int]] = []
-        total = 0
-        while total < num_tokens:
-            start, stop = self._offsets[sentence], self._offsets[sentence + 1]
-            pieces.append(self._tokens[start:stop].tolist())
-            total += int(stop - start)
-            sentence = (sentence + 1) % len(self)
-        return pieces
+        return TokenRun(self._tokens, self._offsets, int(self._offsets[sentence]), num_tokens)
+
+
+class TokenRun:
+    """A stretch of a pool's token stream, which wraps around from its last token to its first."""
+
+    def __init__(self, tokens: np.ndarray, offsets: np.ndarray, start: int, length: int):
+        self._tokens = tokens
+        self._offsets = offsets
+        self.start = start
+        self.length = length
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """The run's tokens `start` to `stop`."""
+        first = (self.start + start) % self._tokens.size
+        return self._tokens[np.arange(first, first + stop - start) % self._tokens.size]
+
+    def sentence_ends(self) -> np.ndarray:
+        """Offsets in the run at which one of its sentences ends, in order: the places a whole sentence may be
+        cut, or a fact put between two."""
+        ends, total, stop = self._offsets[1:], self._tokens.size, self.start + self.length
+        pieces = [np.zeros(0, dtype=np.int64)]
+        for lap_start in range(0, stop, total):
+            first = np.searchsorted(ends, self.start - lap_start, side="right")
+            last = np.searchsorted(ends, stop - lap_start, side="right")
+            pieces.append(ends[first:last] + lap_start - self.start)
+        return np.concatenate(pieces)
 
 
 def _tokenize_documents(

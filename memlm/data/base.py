@@ -7,10 +7,13 @@ A batch is a dict of tensors, every one (batch, segments, segment_length) except
 Which keys a batch holds is the objective's choice (`memlm.objectives`, `batch_keys`); the DataModule is built for
 one objective.
 
+The segment loop reads a batch as a `SegmentedBatch`, one segment at a time: a collated dict is a `WholeBatch`; a
+`StreamedBatch` holds sample plans instead and builds a block of segments when the loop reaches it, so evaluating
+100 samples of a million tokens holds 100 x one block, not 100 x a million tokens.
+
 Training samples are an endless stream seeded by (seed, rank, epoch, segment count, worker): distinct per process
 and worker, and the same again when a run resumes at an epoch boundary. Validation and evaluation sets are fixed: the
-same samples every time, one set per segment count, each sample built when it is read, so an evaluation at
-thousands of segments never holds its inputs.
+same samples every time, one set per segment count, each sample built when it is read (evaluation: streamed).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 import lightning as L
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 from transformers import PreTrainedTokenizerBase
@@ -33,6 +37,94 @@ IGNORE = -100
 class SampleMaker(Protocol):
     def build(self, rng: random.Random, num_segments: int) -> dict[str, torch.Tensor]:
         """One sample of `num_segments` segments, drawn with `rng`."""
+
+
+class SegmentedBatch(Protocol):
+    """A batch as the segment loop reads it: one segment at a time, so a batch need never be held whole."""
+
+    size: int
+    """Samples in the batch."""
+    num_segments: int
+    num_scored: int
+    """Labelled positions (labels != IGNORE) in the whole batch."""
+    device: torch.device
+
+    def segment(self, k: int) -> dict[str, torch.Tensor]:
+        """Segment k's `input_ids`, `attention_mask` and `labels`, each (batch, segment_length)."""
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        """A per-sample tensor (`class_label`)."""
+
+
+class WholeBatch:
+    """A collated batch of whole samples (training, validation) read as a `SegmentedBatch`."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor]):
+        self.tensors = tensors
+        self.size, self.num_segments = tensors["input_ids"].shape[:2]
+        self.device = tensors["input_ids"].device
+        labels = tensors.get("labels")
+        self.num_scored = int((labels != IGNORE).sum()) if labels is not None else 0
+
+    def segment(self, k: int) -> dict[str, torch.Tensor]:
+        return {key: value[:, k] for key, value in self.tensors.items() if value.dim() == 3}
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        return self.tensors[key]
+
+
+class SamplePlan(Protocol):
+    """A sample that builds its segments when they are read (`memlm.data.facts.SamplePlan`)."""
+
+    num_segments: int
+    num_scored: int
+    class_label: int
+
+    def block(self, first: int, count: int) -> dict[str, np.ndarray]:
+        """Segments `first` to `first + count` of every per-segment key, each (count, segment_length)."""
+
+
+class StreamedBatch:
+    """Sample plans read `block_segments` segments at a time: a batch a million tokens long holds one block.
+
+    `progress`, if given, is called with the number of tokens of each block as it is read. `to(device)` is what
+    Lightning calls to move a batch; the blocks go to that device as they are made.
+    """
+
+    def __init__(self, plans: Sequence[SamplePlan], block_segments: int = 64, progress=None, device=None):
+        if len({plan.num_segments for plan in plans}) != 1:
+            raise ValueError("the samples of a streamed batch must have one segment count")
+        self.plans = list(plans)
+        self.size, self.num_segments = len(self.plans), self.plans[0].num_segments
+        self.num_scored = sum(plan.num_scored for plan in self.plans)
+        self.block_segments = block_segments
+        self.progress = progress
+        self.device = torch.device("cpu") if device is None else torch.device(device)
+        self._block: tuple[int, dict[str, torch.Tensor]] | None = None
+
+    def to(self, device) -> StreamedBatch:
+        return StreamedBatch(self.plans, self.block_segments, self.progress, device)
+
+    def segment(self, k: int) -> dict[str, torch.Tensor]:
+        first = k - k % self.block_segments
+        if self._block is None or self._block[0] != first:
+            count = min(self.block_segments, self.num_segments - first)
+            blocks = [plan.block(first, count) for plan in self.plans]
+            block = {key: torch.from_numpy(np.stack([b[key] for b in blocks])).to(self.device) for key in blocks[0]}
+            self._block = (first, block)
+            if self.progress is not None:
+                self.progress(block["input_ids"].numel())
+        return {key: value[:, k - first] for key, value in self._block[1].items()}
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        if key != "class_label":
+            raise KeyError(f"{key}: a streamed batch gives per-segment tensors through segment(k)")
+        return torch.tensor([plan.class_label for plan in self.plans], device=self.device)
+
+
+def segmented(batch: dict[str, torch.Tensor] | SegmentedBatch) -> SegmentedBatch:
+    """A collated dict of whole samples as a `SegmentedBatch`; a streamed batch as it is."""
+    return WholeBatch(batch) if isinstance(batch, dict) else batch
 
 
 class SampleStream(IterableDataset):
@@ -66,13 +158,15 @@ class SampleStream(IterableDataset):
 
 
 class SeededSamples(Dataset):
-    """`count` samples, sample i built on demand from its own seed: the same set every time, held nowhere."""
+    """`count` samples, sample i built on demand from its own seed: the same set every time, held nowhere.
+    `streamed`: each item is the sample's plan (`maker.plan`), whose segments are built as they are read."""
 
-    def __init__(self, maker: SampleMaker, num_segments: int, count: int, seed: str):
+    def __init__(self, maker: SampleMaker, num_segments: int, count: int, seed: str, streamed: bool = False):
         self.maker = maker
         self.num_segments = num_segments
         self.count = count
         self.seed = seed
+        self.streamed = streamed
 
     def __len__(self) -> int:
         return self.count
@@ -81,7 +175,8 @@ class SeededSamples(Dataset):
         # Any index would make a sample; refusing those past the end keeps plain iteration finite.
         if not 0 <= index < self.count:
             raise IndexError(f"sample {index} of {self.count}")
-        return self.maker.build(random.Random(f"{self.seed}/{index}"), self.num_segments)
+        rng = random.Random(f"{self.seed}/{index}")
+        return (self.maker.plan if self.streamed else self.maker.build)(rng, self.num_segments)
 
 
 class MemoryDataModule(L.LightningDataModule):
@@ -136,6 +231,11 @@ class MemoryDataModule(L.LightningDataModule):
     def samples(self, split: str, num_segments: int, count: int | None) -> Dataset:
         """A fixed set of samples of `split` at `num_segments` segments (`count` of them, where the data says so)."""
         raise NotImplementedError
+
+    def evaluation_loader(self, split: str, num_segments: int, count: int | None, progress=None) -> DataLoader:
+        """The loader of an evaluation at `num_segments` (`samples`' set); `progress`, if the data streams its
+        samples, is called with the tokens read as they are read."""
+        return self.loader(self.samples(split, num_segments, count))
 
     def train_dataloader(self) -> DataLoader:
         trainer = self.trainer

@@ -6,21 +6,29 @@ of its last segment and is padded after it: the question may then fall anywhere 
 evaluation, where a prompt has a standard length (1k, 2k, ...) or is a published sample. Facts go in whole, between
 whole sentences: the RMT authors cut words at token level. Decoders get the answer tokens and an end-of-text token
 after the question and are scored on them; encoders get the question only and a class label.
+
+A sample is planned before it is built (`SampleBuilder.plan`): its pieces (facts, stretches of background, question
+and answer) and where they go. Training builds the plan whole; a streamed evaluation reads it a block of segments
+at a time, the same tokens either way.
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
+from typing import NamedTuple
 
+import numpy as np
 import torch
+from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
 from memlm.data import tasks
 from memlm.data.babi import Story, read_babi
-from memlm.data.background import SentencePool, background_assets, load_documents
-from memlm.data.base import IGNORE, MemoryDataModule, SeededSamples
+from memlm.data.background import SentencePool, TokenRun, background_assets, load_documents
+from memlm.data.base import IGNORE, MemoryDataModule, SeededSamples, StreamedBatch
 from memlm.data.tasks import Task
 
 # Stories drawn before a sample too short for any of them is reported.
@@ -67,24 +75,20 @@ class SampleBuilder:
         return self.task.story(rng)
 
     def build(self, rng: random.Random, num_segments: int) -> dict[str, torch.Tensor]:
+        return self.plan(rng, num_segments).whole()
+
+    def plan(self, rng: random.Random, num_segments: int) -> SamplePlan:
+        """The sample `build` would give for this `rng`, as the pieces it is made of: its segments are read when
+        they are needed, so a sample of a million tokens costs nothing until it is read."""
         total = num_segments * self.segment_length
         story, facts, question, answer = self._fitting_story(rng, total)
         noise_length = total - len(question) - len(answer) - sum(map(len, facts))
         if self.task.ending == "ragged":
             # Keep the answer inside the last segment: cut at most what lies before it there.
             noise_length -= rng.randint(0, min(noise_length, self.segment_length - len(answer)))
-        ids = self._hide(rng, facts, noise_length) + question + answer
-        labels = [IGNORE] * total
-        # The position before each answer token predicts it.
-        labels[len(ids) - len(answer) - 1 : len(ids) - 1] = answer
-        padding = total - len(ids)
-        shape = (num_segments, self.segment_length)
-        return {
-            "input_ids": torch.tensor(ids + [self.pad_token] * padding).view(shape),
-            "attention_mask": torch.tensor([1] * len(ids) + [0] * padding).view(shape),
-            "labels": torch.tensor(labels).view(shape),
-            "class_label": torch.tensor(self.class_index(story.answer)),
-        }
+        pieces = [*self._hide(rng, facts, noise_length), literal(question + answer)]
+        return SamplePlan(pieces, len(answer), num_segments, self.segment_length, self.pad_token,
+                          self.class_index(story.answer))
 
     def _fitting_story(self, rng: random.Random, total: int):
         """A story whose facts, question and answer fit `total` tokens, and those token lists.
@@ -122,7 +126,8 @@ class SampleBuilder:
         facts = [self.encode(fact) for fact in story.facts]
         question = self.encode(story.question)
         noise_length = max(0, length - self.answer_room - len(question) - sum(map(len, facts)))
-        return self._hide(rng, facts, noise_length) + question, story
+        hidden = self._hide(rng, facts, noise_length)
+        return np.concatenate([piece.read() for piece in hidden if len(piece)]).tolist() + question, story
 
     def class_index(self, answer: str) -> int:
         if answer in self.task.labels:
@@ -132,31 +137,104 @@ class SampleBuilder:
                              f"{self.task.labels} of task {self.task.name}")
         return -1
 
-    def _hide(self, rng: random.Random, facts: list[list[int]], noise_length: int) -> list[int]:
-        """`noise_length` background tokens with the facts at the task's places among them."""
-        noise, boundaries = self._noise(rng, noise_length)
+    def _hide(self, rng: random.Random, facts: list[list[int]], noise_length: int) -> list[Piece]:
+        """`noise_length` background tokens with the facts at the task's places among them, as pieces."""
+        noise = self.pool.run(rng, noise_length) if noise_length else None
         if self.task.placement == "opening":
             positions = [0] * len(facts)
         else:
-            positions = sorted(rng.choice(boundaries) for _ in facts)
-        return self._interleave(noise, facts, positions)
-
-    def _noise(self, rng: random.Random, length: int) -> tuple[list[int], list[int]]:
-        """`length` noise tokens and the offsets between whole sentences, where a fact may go."""
-        noise, boundaries = [], [0]
-        for sentence in self.pool.draw(rng, length) if length else []:
-            noise.extend(sentence)
-            if len(noise) <= length:
-                boundaries.append(len(noise))
-        return noise[:length], boundaries
-
-    @staticmethod
-    def _interleave(noise: list[int], facts: list[list[int]], positions: list[int]) -> list[int]:
-        ids, last = [], 0
+            # Between whole sentences: where the run starts, or where one of its sentences ends.
+            boundaries = np.concatenate([[0], noise.sentence_ends()]) if noise is not None else [0]
+            positions = sorted(int(rng.choice(boundaries)) for _ in facts)
+        pieces, last = [], 0
         for fact, position in zip(facts, positions, strict=True):
-            ids += noise[last:position] + fact
+            pieces += [Piece(noise, last, position), literal(fact)]
             last = position
-        return ids + noise[last:]
+        return [*pieces, Piece(noise, last, noise_length)]
+
+
+class Tokens:
+    """Literal tokens (a fact; the question and answer) as a piece's source."""
+
+    def __init__(self, ids: list[int]):
+        self.ids = np.asarray(ids, dtype=np.int64)
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        return self.ids[start:stop]
+
+
+class Piece(NamedTuple):
+    """Tokens `start` to `stop` of a source (`Tokens`, or a background `TokenRun`): one part of a sample."""
+
+    source: Tokens | TokenRun
+    start: int
+    stop: int
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def read(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """The piece's tokens `start` to `stop` (all of it by default)."""
+        stop = len(self) if stop is None else stop
+        return self.source.read(self.start + start, self.start + stop)
+
+
+def literal(ids: list[int]) -> Piece:
+    return Piece(Tokens(ids), 0, len(ids))
+
+
+class SamplePlan:
+    """One sample as the pieces it is made of, read a block of segments at a time.
+
+    The tokens are the pieces in order (facts, background, question and answer), padded to whole segments; the
+    position before each answer token is labelled with it. `block(first, count)` gives segments `first` to
+    `first + count` exactly as `whole()` holds them, so a streamed evaluation reads the very sample training and
+    validation would build.
+    """
+
+    def __init__(self, pieces: list, answer_length: int, num_segments: int, segment_length: int, pad_token: int,
+                 class_label: int):
+        self.pieces = [piece for piece in pieces if len(piece)]
+        self.piece_starts = np.cumsum([0] + [len(piece) for piece in self.pieces])
+        self.length = int(self.piece_starts[-1])
+        self.num_scored = answer_length
+        """Labelled positions: one per answer token."""
+        self.num_segments = num_segments
+        self.segment_length = segment_length
+        self.pad_token = pad_token
+        self.class_label = class_label
+
+    def tokens(self, start: int, stop: int) -> np.ndarray:
+        """The sample's tokens `start` to `stop` (before padding)."""
+        stop = min(stop, self.length)
+        parts = []
+        index = int(np.searchsorted(self.piece_starts, start, side="right")) - 1
+        while start < stop:
+            piece_start, piece_stop = self.piece_starts[index], self.piece_starts[index + 1]
+            parts.append(self.pieces[index].read(start - piece_start, min(stop, piece_stop) - piece_start))
+            start = int(min(stop, piece_stop))
+            index += 1
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+    def block(self, first: int, count: int) -> dict[str, np.ndarray]:
+        """Segments `first` to `first + count`: input ids, attention mask and labels, each (count, segment_length)."""
+        start, stop = first * self.segment_length, (first + count) * self.segment_length
+        ids = np.full(stop - start, self.pad_token, dtype=np.int64)
+        real = self.tokens(start, stop)
+        ids[: real.size] = real
+        mask = np.zeros(stop - start, dtype=np.int64)
+        mask[: real.size] = 1
+        labels = np.full(stop - start, IGNORE, dtype=np.int64)
+        # The position before each answer token predicts it.
+        lo, hi = max(start, self.length - self.num_scored - 1), min(stop, self.length - 1)
+        if lo < hi:
+            labels[lo - start : hi - start] = self.tokens(lo + 1, hi + 1)
+        shape = (count, self.segment_length)
+        return {"input_ids": ids.reshape(shape), "attention_mask": mask.reshape(shape), "labels": labels.reshape(shape)}
+
+    def whole(self) -> dict[str, torch.Tensor]:
+        sample = {key: torch.from_numpy(value) for key, value in self.block(0, self.num_segments).items()}
+        return {**sample, "class_label": torch.tensor(self.class_label)}
 
 
 class FactTaskDataModule(MemoryDataModule):
@@ -222,11 +300,19 @@ class FactTaskDataModule(MemoryDataModule):
             )
         return self.builders[key]
 
-    def samples(self, split: str, num_segments: int, count: int | None) -> SeededSamples:
-        """A fixed set of `count` samples of `num_segments` segments, the same for a given seed."""
+    def samples(self, split: str, num_segments: int, count: int | None, streamed: bool = False) -> SeededSamples:
+        """A fixed set of `count` samples of `num_segments` segments, the same for a given seed; `streamed`: as
+        sample plans, built segment by segment as they are read."""
         if count is None or count < 1:
             raise ValueError(f"samples={count}: fact-task samples are generated, so give how many (a positive count)")
-        return SeededSamples(self.builder(split), num_segments, count, f"{self.seed}/{split}/{num_segments}seg")
+        return SeededSamples(self.builder(split), num_segments, count, f"{self.seed}/{split}/{num_segments}seg",
+                             streamed)
+
+    def evaluation_loader(self, split: str, num_segments: int, count: int | None, progress=None) -> DataLoader:
+        """Streamed: a batch is its samples' plans, and the segment loop reads them a block at a time, so memory
+        stays flat however long the samples are."""
+        samples = self.samples(split, num_segments, count, streamed=True)
+        return DataLoader(samples, batch_size=self.batch_size, collate_fn=partial(StreamedBatch, progress=progress))
 
     def training_maker(self) -> SampleBuilder:
         return self.builder("train")

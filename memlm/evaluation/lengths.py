@@ -10,10 +10,14 @@ is flat in the length. Samples are made as they are read, so nothing of size len
 from __future__ import annotations
 
 import math
+import time
+from collections import defaultdict
 from pathlib import Path
 
 import lightning as L
+from lightning.pytorch.callbacks import Callback
 from omegaconf import DictConfig
+from tqdm.auto import tqdm
 
 from memlm.checkpointing import trained_segment_count
 from memlm.evaluation.reports import LengthReport
@@ -34,6 +38,38 @@ def segment_counts(lengths: list[int], unit: str, segment_length: int) -> list[i
     return sorted(set(lengths))
 
 
+class TokenProgress:
+    """A progress bar over one length's tokens (segments done, tokens/s, time left), opened at its first block so
+    that the lengths' bars follow one another."""
+
+    def __init__(self, num_segments: int, total_tokens: int):
+        self.num_segments = num_segments
+        self.total_tokens = total_tokens
+        self.bar = None
+
+    def __call__(self, tokens: int) -> None:
+        if self.bar is None:
+            self.bar = tqdm(total=self.total_tokens, desc=f"{self.num_segments} segments", unit="tok",
+                            unit_scale=True, dynamic_ncols=True, mininterval=1.0)
+        self.bar.update(tokens)
+        if self.bar.n >= self.total_tokens:
+            self.bar.close()
+
+
+class LengthTimer(Callback):
+    """Seconds spent in the validation steps of each dataloader (each length), data reading included."""
+
+    def __init__(self):
+        self.seconds: dict[int, float] = defaultdict(float)
+        self.started = 0.0
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        self.started = time.perf_counter()
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        self.seconds[dataloader_idx] += time.perf_counter() - self.started
+
+
 def evaluate_lengths(cfg: DictConfig, model: MemoryLM, checkpoint: dict, data: DictConfig) -> LengthReport:
     """The data's figure by segment count (and for perplexity by segment position); writes
     `<figure>_by_length.csv/.png` (and `<figure>_by_segment.csv/.png`) into `cfg.out_dir`."""
@@ -41,13 +77,17 @@ def evaluate_lengths(cfg: DictConfig, model: MemoryLM, checkpoint: dict, data: D
     model.head.check_fits(datamodule.segment_length)
     datamodule.prepare_data()
     counts = segment_counts(list(cfg.lengths), cfg.unit, datamodule.segment_length)
-    loaders = [datamodule.loader(datamodule.samples(cfg.split, n, cfg.samples)) for n in counts]
-    trainer = L.Trainer(
-        accelerator=cfg.accelerator, devices=1, logger=False, enable_checkpointing=False, enable_model_summary=False
-    )
+    loaders = []
+    for n in counts:
+        tokens = (cfg.samples or 0) * n * datamodule.segment_length
+        loaders.append(datamodule.evaluation_loader(cfg.split, n, cfg.samples, TokenProgress(n, tokens)))
+    timer = LengthTimer()
+    trainer = L.Trainer(accelerator=cfg.accelerator, devices=1, logger=False, enable_checkpointing=False,
+                        enable_model_summary=False, enable_progress_bar=False, callbacks=[timer])
     trainer.validate(model, dataloaders=loaders, verbose=False)
     metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
     samples = {n: len(loader.dataset) for n, loader in zip(counts, loaders, strict=True)}
-    report = LengthReport(model.objective.headline, samples, metrics, datamodule.segment_length)
+    seconds = {n: timer.seconds[index] for index, n in enumerate(counts)}
+    report = LengthReport(model.objective.headline, samples, metrics, datamodule.segment_length, seconds)
     report.write(Path(cfg.out_dir), cfg.split, trained_segment_count(checkpoint))
     return report

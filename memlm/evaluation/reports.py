@@ -14,12 +14,16 @@ class LengthReport:
     """The figures of one length sweep (`by_length`: segment count -> figure; `by_position`: segment count ->
     {position: figure}), written as tables, plots and a printout."""
 
-    def __init__(self, headline: str, samples: dict[int, int], metrics: dict[str, float], segment_length: int):
-        """`samples`: how many samples were scored at each segment count; `metrics`: the logged validation figures."""
+    def __init__(self, headline: str, samples: dict[int, int], metrics: dict[str, float], segment_length: int,
+                 seconds: dict[int, float]):
+        """`samples`: how many samples were scored at each segment count; `metrics`: the logged validation figures;
+        `seconds`: the time each segment count took."""
         counts = list(samples)
         self.headline = headline
         self.samples = samples
         self.segment_length = segment_length
+        self.seconds = seconds
+        self.tokens_per_second = {n: samples[n] * n * segment_length / max(seconds[n], 1e-9) for n in counts}
         self.by_length = {n: metrics[metric_name(headline, n)] for n in counts}
         self.loss = {n: metrics[metric_name("loss", n)] for n in counts}
         # Language modelling also reports each segment position (positions no sample reached are absent).
@@ -34,15 +38,16 @@ class LengthReport:
         table = out_dir / f"{name}_by_length.csv"
         with table.open("w", newline="") as file:
             writer = csv.writer(file)
-            writer.writerow(["segments", "tokens", name, "loss", "samples"])
+            writer.writerow(["segments", "tokens", name, "loss", "samples", "seconds", "tokens_per_s"])
             for n, value in self.by_length.items():
-                writer.writerow([n, n * self.segment_length, f"{value:.4f}", f"{self.loss[n]:.4f}", self.samples[n]])
+                writer.writerow([n, n * self.segment_length, f"{value:.4f}", f"{self.loss[n]:.4f}", self.samples[n],
+                                 f"{self.seconds[n]:.1f}", f"{self.tokens_per_second[n]:.0f}"])
         written = [table, plot_by_length(self.by_length, out_dir / f"{name}_by_length.png",
                                          title=f"{name} by length ({split})", ylabel=name,
                                          trained_up_to=trained_segments)]
-        print(f"{'segments':>9} {'tokens':>9} {name:>9}")
+        print(f"{'segments':>9} {'tokens':>9} {name:>9} {'tokens/s':>9}")
         for n, value in self.by_length.items():
-            print(f"{n:>9} {n * self.segment_length:>9} {value:>9.3f}")
+            print(f"{n:>9} {n * self.segment_length:>9} {value:>9.3f} {self.tokens_per_second[n]:>9.0f}")
         if any(self.by_position.values()):
             written += self.write_by_position(out_dir, split)
         print("\n".join(f"written: {path}" for path in written))

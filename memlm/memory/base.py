@@ -29,6 +29,8 @@ class SegmentOutput:
     """The memory handed to the next segment."""
     diagnostics: dict = field(default_factory=dict)
     """Head-specific statistics for callbacks and plots (HMT: its retrieval weights over the cache)."""
+    penalty: torch.Tensor | None = None
+    """A regulariser of this segment, added to the training loss (divided by the batch's segment count)."""
 
 
 class MemoryHead(nn.Module):

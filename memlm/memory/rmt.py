@@ -13,7 +13,9 @@ Memory write. The paper replaces the memory with the write positions' outputs (`
 of segments that asks the network to copy a fact through every step unchanged; `write="gated"` makes keeping the
 old memory the easy path instead: `m <- g * new + (1 - g) * m`, with the gate `g = sigmoid(W [new ; m] + b)` per
 memory element, computed from the new and the old memory. `gate_bias` (b at initialisation) sets how much is kept
-before training: negative keeps more.
+before training: negative keeps more. `write_penalty` adds the mean gate of every segment, times this weight, to
+the training loss: writing costs, so the gate learns to open where the text holds something to keep and to stay
+shut elsewhere, which is what lets a fact outlive thousands of segments that hold none.
 """
 
 from __future__ import annotations
@@ -24,22 +26,31 @@ from torch import nn
 from memlm.backbones import Backbone
 from memlm.memory.base import MemoryHead, MemoryState, SegmentOutput, frame_for_encoder, pad_mask
 
-WRITES = ("replace", "gated")
+WRITES = ("replace", "gated", "switch")
+GATE_PER = ("element", "token")
 
 
 class RMT(MemoryHead):
     size_key = "model.num_mem_tokens"
 
-    def __init__(self, backbone: Backbone, num_mem_tokens: int = 10, write: str = "replace", gate_bias: float = 0.0):
+    def __init__(self, backbone: Backbone, num_mem_tokens: int = 10, write: str = "replace", gate_bias: float = 0.0,
+                 write_penalty: float = 0.0, gate_per: str = "element"):
         super().__init__(backbone)
         if num_mem_tokens < 1:
             raise ValueError(f"model.num_mem_tokens={num_mem_tokens} must be at least 1 (use model=baseline for none)")
         if write not in WRITES:
             raise ValueError(f"model.write={write!r} is not one of {WRITES}")
+        if gate_per not in GATE_PER:
+            raise ValueError(f"model.gate_per={gate_per!r} is not one of {GATE_PER}")
+        if write_penalty < 0 or (write_penalty and write == "replace"):
+            raise ValueError(f"model.write_penalty={write_penalty} must be 0, or positive with a gated write")
+        self.write = write
         self.num_mem_tokens = num_mem_tokens
+        self.write_penalty = write_penalty
         self.memory = self.embedding_scaled(num_mem_tokens, backbone.hidden_size)
-        if write == "gated":
-            self.write_gate = nn.Linear(2 * backbone.hidden_size, backbone.hidden_size)
+        if write != "replace":
+            gates = backbone.hidden_size if gate_per == "element" else 1
+            self.write_gate = nn.Linear(2 * backbone.hidden_size, gates)
             nn.init.constant_(self.write_gate.bias, gate_bias)
         else:
             self.write_gate = None
@@ -57,13 +68,20 @@ class RMT(MemoryHead):
         if self.backbone.is_decoder:
             hidden = self.backbone(torch.cat([state, tokens, state], dim=1), pad_mask(attention_mask, m, m))
             token_states = hidden[:, m:-m]
-            return SegmentOutput(token_states, token_states[:, -1], self._written(hidden[:, -m:], state))
+            memory, penalty = self._written(hidden[:, -m:], state)
+            return SegmentOutput(token_states, token_states[:, -1], memory, penalty=penalty)
         hidden = self.backbone(frame_for_encoder(self.backbone, [state], tokens), pad_mask(attention_mask, m + 2, 1))
-        return SegmentOutput(hidden[:, m + 2 : -1], hidden[:, 0], self._written(hidden[:, 1 : m + 1], state))
+        memory, penalty = self._written(hidden[:, 1 : m + 1], state)
+        return SegmentOutput(hidden[:, m + 2 : -1], hidden[:, 0], memory, penalty=penalty)
 
-    def _written(self, new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
-        """The memory the next segment reads: the write positions' outputs, or their gated mix with the old."""
+    def _written(self, new: torch.Tensor, old: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The memory the next segment reads (the write positions' outputs, or their gated mix with the old) and
+        the write penalty, if any."""
         if self.write_gate is None:
-            return new
+            return new, None
         gate = torch.sigmoid(self.write_gate(torch.cat([new, old.to(new.dtype)], dim=-1)))
-        return gate * new + (1 - gate) * old
+        penalty = self.write_penalty * gate.mean() if self.write_penalty else None
+        if self.write == "switch":
+            # Straight through: forward with the 0/1 switch, backward through the soft gate.
+            gate = gate + ((gate > 0.5).to(gate.dtype) - gate).detach()
+        return gate * new + (1 - gate) * old, penalty
