@@ -37,7 +37,7 @@ test-fast: setup assets-all
 	$(PY) -m pytest
 
 bench: setup
-	$(PY) scripts/bench_default.py
+	$(PY) scripts/bench_length.py
 
 clean:
 	rm -rf $(VENV) outputs multirun .pytest_cache

@@ -1,7 +1,7 @@
 """Length generalisation: accuracy from one segment to a million tokens, for several seeds, with eval speed and memory.
 
     python scripts/bench_length.py [--models rmt baseline] [--seeds 0 1 2] [--data memorize]
-                                   [--lengths 1 8 64 512 4096 32768] [--samples 100] [--out outputs/bench_length]
+                                   [--lengths 1 8 64 512 4096 32768] [--samples 32] [--out outputs/bench_length]
 
 Trains each model with the default config and each seed (`python train.py model=<model> data=<data> seed=<seed>`),
 then evaluates its last checkpoint on the test book at each length (in segments of 32 tokens: 32768 segments are
@@ -43,22 +43,38 @@ def train_seed(model: str, data: str, seed: int, run_dir: Path, overrides: list[
             "trained_segments": summary["curriculum"]["segments"][summary["curriculum"]["stage"]]}
 
 
+# eval.py run in a child that reports its own peak resident memory at exit. The child's kernel accounting carries
+# the RSS the benchmark process had when it forked (getrusage's ru_maxrss survives exec); VmHWM is the new
+# process image's own high-water mark.
+EVAL_REPORTING_PEAK = """
+import atexit, runpy, sys
+def report_peak():
+    with open("/proc/self/status") as status:
+        print(next(line for line in status if line.startswith("VmHWM:")), flush=True)
+atexit.register(report_peak)
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
 def evaluate_length(checkpoint: Path, segments: int, samples: int, out_dir: Path) -> dict:
-    """One length in a fresh `eval.py` process: its accuracy, tokens/s, and the process's peak memory."""
+    """One length in a fresh `eval.py` process: its accuracy, tokens/s, and the process's peak memory (Linux)."""
     # One segment first warms the process up (kernels, allocator), so the length's tokens/s is its steady rate;
     # one segment adds nothing to the peak memory of a longer length.
     lengths = ",".join(map(str, sorted({1, segments})))
-    command = [sys.executable, str(REPO / "eval.py"), f"ckpt_path={checkpoint}", f"lengths=[{lengths}]",
-               f"samples={samples}", f"batch_size={samples}", "accelerator=cpu", f"hydra.run.dir={out_dir}"]
-    with open(out_dir.parent / f"eval_{segments}.log", "w") as log:
-        process = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(process.pid, 0)
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"eval.py at {segments} segments failed: see {out_dir.parent / f'eval_{segments}.log'}")
+    command = [sys.executable, "-c", EVAL_REPORTING_PEAK, str(REPO / "eval.py"), f"ckpt_path={checkpoint}",
+               f"lengths=[{lengths}]", f"samples={samples}", f"batch_size={samples}", "accelerator=cpu",
+               f"hydra.run.dir={out_dir}"]
+    log = out_dir.parent / f"eval_{segments}.log"
+    with open(log, "w") as file:
+        result = subprocess.run(command, cwd=REPO, stdout=file, stderr=subprocess.STDOUT, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"eval.py at {segments} segments failed: see {log}")
+    peak_kib = next(int(line.split()[1]) for line in log.read_text().splitlines() if line.startswith("VmHWM:"))
     with open(out_dir / "accuracy_by_length.csv") as file:
         row = next(row for row in csv.DictReader(file) if int(row["segments"]) == segments)
     return {"accuracy": float(row["accuracy"]), "seconds": float(row["seconds"]),
-            "tokens_per_s": float(row["tokens_per_s"]), "peak_rss_mib": round(usage.ru_maxrss / 1024, 1)}
+            "tokens_per_s": float(row["tokens_per_s"]), "peak_rss_mib": round(peak_kib / 1024, 1)}
 
 
 def main() -> None:
@@ -68,7 +84,7 @@ def main() -> None:
     parser.add_argument("--data", default="memorize")
     parser.add_argument("--lengths", nargs="+", type=int, default=[1, 8, 64, 512, 4096, 32768],
                         help="segment counts (32 tokens each)")
-    parser.add_argument("--samples", type=int, default=100, help="samples per length (one evaluation batch)")
+    parser.add_argument("--samples", type=int, default=32, help="samples per length (one evaluation batch)")
     parser.add_argument("--out", type=Path, default=Path("outputs/bench_length"))
     parser.add_argument("--overrides", nargs="*", default=[],
                         help="extra train.py overrides (debug=limit for a smoke run); the figures use none")

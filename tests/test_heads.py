@@ -123,7 +123,10 @@ def test_the_write_penalty_is_the_weighted_mean_write_gate(backbone):
 
     assert out.penalty.requires_grad
     torch.testing.assert_close(out.penalty, 4.0 * torch.sigmoid(logits[0]).mean())
-    assert RMT(backbone, num_mem_tokens=3, write="gated")(ids, mask, head.initial_state(2)).penalty is None
+    unpenalised = RMT(backbone, num_mem_tokens=3, write="gated", write_penalty=0.0)
+    assert unpenalised(ids, mask, head.initial_state(2)).penalty is None
+    assert RMT(backbone, num_mem_tokens=3, write="switch").write_penalty == 1.0
+    assert RMT(backbone, num_mem_tokens=3, write="replace").write_penalty == 0.0
 
 
 def test_the_write_penalty_reaches_the_training_loss_only(fast_cfg):

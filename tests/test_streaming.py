@@ -57,7 +57,7 @@ def test_a_streamed_batch_gives_the_collated_batch_segment_by_segment(tokenizer,
     whole = WholeBatch(default_collate([builder.build(random.Random(seed), num_segments) for seed in seeds]))
     read = []
     streamed = StreamedBatch([builder.plan(random.Random(seed), num_segments) for seed in seeds],
-                             block_segments=3, progress=read.append)
+                             block_segments=3, progress=lambda segments, tokens: read.append((segments, tokens)))
 
     assert (streamed.size, streamed.num_segments, streamed.num_scored) == (4, 11, whole.num_scored)
     for k in range(num_segments):
@@ -66,7 +66,7 @@ def test_a_streamed_batch_gives_the_collated_batch_segment_by_segment(tokenizer,
         # One block is held at a time, whatever the length.
         assert streamed._block[1]["input_ids"].shape[1] <= 3
     assert torch.equal(streamed["class_label"], whole["class_label"])
-    assert sum(read) == 4 * num_segments * 32 and len(read) == 4
+    assert read == [(3, 4 * 3 * 32), (6, 4 * 3 * 32), (9, 4 * 3 * 32), (11, 4 * 2 * 32)]
 
 
 def test_a_model_scores_a_streamed_batch_as_the_whole_one(memorize_run, tokenizer, background):

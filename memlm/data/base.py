@@ -87,8 +87,8 @@ class SamplePlan(Protocol):
 class StreamedBatch:
     """Sample plans read `block_segments` segments at a time: a batch a million tokens long holds one block.
 
-    `progress`, if given, is called with the number of tokens of each block as it is read. `to(device)` is what
-    Lightning calls to move a batch; the blocks go to that device as they are made.
+    `progress`, if given, is called as each block is read with the segments read so far and the block's tokens.
+    `to(device)` is what Lightning calls to move a batch; the blocks go to that device as they are made.
     """
 
     def __init__(self, plans: Sequence[SamplePlan], block_segments: int = 64, progress=None, device=None):
@@ -113,7 +113,7 @@ class StreamedBatch:
             block = {key: torch.from_numpy(np.stack([b[key] for b in blocks])).to(self.device) for key in blocks[0]}
             self._block = (first, block)
             if self.progress is not None:
-                self.progress(block["input_ids"].numel())
+                self.progress(first + count, block["input_ids"].numel())
         return {key: value[:, k - first] for key, value in self._block[1].items()}
 
     def __getitem__(self, key: str) -> torch.Tensor:

@@ -39,18 +39,19 @@ def segment_counts(lengths: list[int], unit: str, segment_length: int) -> list[i
 
 
 class TokenProgress:
-    """A progress bar over one length's tokens (segments done, tokens/s, time left), opened at its first block so
-    that the lengths' bars follow one another."""
+    """A progress bar over one length's tokens (tokens/s, time left, and the segment the batch is at), opened at
+    its first block so that the lengths' bars follow one another."""
 
     def __init__(self, num_segments: int, total_tokens: int):
         self.num_segments = num_segments
         self.total_tokens = total_tokens
         self.bar = None
 
-    def __call__(self, tokens: int) -> None:
+    def __call__(self, segments_read: int, tokens: int) -> None:
         if self.bar is None:
             self.bar = tqdm(total=self.total_tokens, desc=f"{self.num_segments} segments", unit="tok",
                             unit_scale=True, dynamic_ncols=True, mininterval=1.0)
+        self.bar.set_postfix_str(f"segment {segments_read}/{self.num_segments}", refresh=False)
         self.bar.update(tokens)
         if self.bar.n >= self.total_tokens:
             self.bar.close()

@@ -10,12 +10,21 @@ their embeddings as the initial memory; a learned (m, hidden) parameter is the s
 backbone's vocabulary.
 
 Memory write. The paper replaces the memory with the write positions' outputs (`write="replace"`). Over thousands
-of segments that asks the network to copy a fact through every step unchanged; `write="gated"` makes keeping the
-old memory the easy path instead: `m <- g * new + (1 - g) * m`, with the gate `g = sigmoid(W [new ; m] + b)` per
-memory element, computed from the new and the old memory. `gate_bias` (b at initialisation) sets how much is kept
-before training: negative keeps more. `write_penalty` adds the mean gate of every segment, times this weight, to
-the training loss: writing costs, so the gate learns to open where the text holds something to keep and to stay
-shut elsewhere, which is what lets a fact outlive thousands of segments that hold none.
+of segments that asks the network to copy a fact through every step unchanged, and small errors compound: trained
+to 8 segments of varied lengths, it scores 1.00 at 16 segments and 0.16 at 64. A gate makes keeping the old memory
+the easy path: `g = sigmoid(W [new ; m] + b)` per memory element, computed from the new and the old memory.
+- `write="gated"`: `m <- g * new + (1 - g) * m`. Still leaky: a gate of 1e-4 on every segment has forgotten a fact
+  after tens of thousands of them, and training on 32 segments never asks for less (0.16-0.47 at 4,096 segments
+  over the gate biases and penalties tried).
+- `write="switch"` (the default, memlm's): the same mix with `g` thresholded at 1/2 in the forward pass, so each
+  element is replaced or kept bit for bit, and trained straight through the soft gate (the backward pass uses
+  sigmoid's derivative). A fact written once and never overwritten is held at any length, exactly: memorize
+  reaches the same loss at 4,096 segments as at 16.
+`gate_bias` is b at initialisation (0: each gate starts near its threshold, where it learns fastest; a switch
+starting shut, at -3, never learns to open on the short curriculum stages). `write_penalty` adds the mean soft gate
+of every segment, times this weight, to the training loss: writing costs, so the gate learns to open where the text
+holds something to keep and to stay far below 1/2 elsewhere (1.0; with the soft gate, 3.0 slowed the first stages
+and 10 stopped the write being learnt).
 """
 
 from __future__ import annotations
@@ -27,21 +36,21 @@ from memlm.backbones import Backbone
 from memlm.memory.base import MemoryHead, MemoryState, SegmentOutput, frame_for_encoder, pad_mask
 
 WRITES = ("replace", "gated", "switch")
-GATE_PER = ("element", "token")
 
 
 class RMT(MemoryHead):
     size_key = "model.num_mem_tokens"
 
     def __init__(self, backbone: Backbone, num_mem_tokens: int = 10, write: str = "replace", gate_bias: float = 0.0,
-                 write_penalty: float = 0.0, gate_per: str = "element"):
+                 write_penalty: float | None = None):
+        """`write_penalty` None: 1.0 for a gated write (gated, switch), none for replace."""
         super().__init__(backbone)
         if num_mem_tokens < 1:
             raise ValueError(f"model.num_mem_tokens={num_mem_tokens} must be at least 1 (use model=baseline for none)")
         if write not in WRITES:
             raise ValueError(f"model.write={write!r} is not one of {WRITES}")
-        if gate_per not in GATE_PER:
-            raise ValueError(f"model.gate_per={gate_per!r} is not one of {GATE_PER}")
+        if write_penalty is None:
+            write_penalty = 0.0 if write == "replace" else 1.0
         if write_penalty < 0 or (write_penalty and write == "replace"):
             raise ValueError(f"model.write_penalty={write_penalty} must be 0, or positive with a gated write")
         self.write = write
@@ -49,8 +58,7 @@ class RMT(MemoryHead):
         self.write_penalty = write_penalty
         self.memory = self.embedding_scaled(num_mem_tokens, backbone.hidden_size)
         if write != "replace":
-            gates = backbone.hidden_size if gate_per == "element" else 1
-            self.write_gate = nn.Linear(2 * backbone.hidden_size, gates)
+            self.write_gate = nn.Linear(2 * backbone.hidden_size, backbone.hidden_size)
             nn.init.constant_(self.write_gate.bias, gate_bias)
         else:
             self.write_gate = None
