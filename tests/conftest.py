@@ -85,6 +85,23 @@ def background(tmp_path_factory) -> Path:
     return write_background(tmp_path_factory.mktemp("background"))
 
 
+@pytest.fixture(scope="session")
+def tokenizer():
+    """GPT-2's tokenizer, the default backbones'."""
+    from memlm.backbones import load_tokenizer
+
+    return load_tokenizer("gpt2-tokenizer")
+
+
+@pytest.fixture(scope="session")
+def pool(tokenizer, background):
+    """The generated background's training sentences, tokenized as the fact tasks tokenize them."""
+    from memlm.data.background import SentencePool, load_documents
+
+    return SentencePool(load_documents(str(background), "train"),
+                        lambda texts: tokenizer(texts, add_special_tokens=False)["input_ids"])
+
+
 # Language modelling on the generated PG-19-layout folder; a dozen steps at most.
 FAST_LM = [
     "data=pg19",

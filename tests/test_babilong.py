@@ -8,10 +8,8 @@ from collections import defaultdict
 import pytest
 import torch
 
-from memlm.backbones import load_tokenizer
 from memlm.data.babi import MOVE_VERBS, OBJECTS, read_babi
 from memlm.data.babilong import answer_is_correct, length_tokens, published_samples
-from memlm.data.background import SentencePool, load_documents
 from memlm.data.base import IGNORE
 from memlm.data.facts import SampleBuilder
 from memlm.data.tasks import TASKS, babilong_tasks
@@ -144,20 +142,9 @@ def test_official_scoring_rule(target, output, question, correct):
     assert answer_is_correct(target, output, question, labels) is correct
 
 
-@pytest.fixture(scope="module")
-def gpt2_tokenizer():
-    return load_tokenizer("gpt2-tokenizer")
-
-
-@pytest.fixture(scope="module")
-def pool(gpt2_tokenizer, background):
-    return SentencePool(load_documents(str(background), "train"),
-                        lambda texts: gpt2_tokenizer(texts, add_special_tokens=False)["input_ids"])
-
-
 @pytest.mark.parametrize("task", QA_TASKS)
-def test_a_sample_hides_every_fact_in_order_and_ends_with_its_answer_at_a_random_point(task, pool, gpt2_tokenizer):
-    builder = SampleBuilder(TASKS[task], pool, gpt2_tokenizer, segment_length=128, generates_answer=True)
+def test_a_sample_hides_every_fact_in_order_and_ends_with_its_answer_at_a_random_point(task, pool, tokenizer):
+    builder = SampleBuilder(TASKS[task], pool, tokenizer, segment_length=128, generates_answer=True)
     ends = set()
     for seed in range(20):
         sample = builder.build(random.Random(seed), num_segments=3)
@@ -167,28 +154,28 @@ def test_a_sample_hides_every_fact_in_order_and_ends_with_its_answer_at_a_random
         ends.add(length)
         assert torch.equal(mask, (torch.arange(3 * 128) < length).long())  # padding only after the sample
         assert length > 2 * 128  # the answer stays in the last segment
-        text = gpt2_tokenizer.decode(sample["input_ids"].flatten()[:length])
+        text = tokenizer.decode(sample["input_ids"].flatten()[:length])
         assert text.endswith(f" {story.question} {story.answer}<|endoftext|>")
         start = 0
         for fact in story.facts:  # each fact after the one before it (ValueError if missing or out of order)
             start = text.index(f" {fact}", start) + len(fact)
         labels = sample["labels"].flatten()
-        assert gpt2_tokenizer.decode(labels[labels != IGNORE]) == f" {story.answer}<|endoftext|>"
+        assert tokenizer.decode(labels[labels != IGNORE]) == f" {story.answer}<|endoftext|>"
         assert (labels[length - 1 :] == IGNORE).all()
         assert int(sample["class_label"]) == TASKS[task].labels.index(story.answer)
     assert len(ends) > 10
 
 
 @pytest.mark.parametrize("task", QA_TASKS)
-def test_prompts_fill_a_standard_length_but_leave_room_for_the_answer(task, pool, gpt2_tokenizer):
-    builder = SampleBuilder(TASKS[task], pool, gpt2_tokenizer, segment_length=128, generates_answer=True)
+def test_prompts_fill_a_standard_length_but_leave_room_for_the_answer(task, pool, tokenizer):
+    builder = SampleBuilder(TASKS[task], pool, tokenizer, segment_length=128, generates_answer=True)
     for seed in range(5):
         ids, story = builder.prompt(random.Random(seed), length_tokens("1k"))
         assert len(ids) == 1024 - builder.answer_room
-        answer = builder.encode(story.answer) + [gpt2_tokenizer.eos_token_id]
+        answer = builder.encode(story.answer) + [tokenizer.eos_token_id]
         assert len(answer) <= builder.answer_room
         bare, _ = builder.prompt(random.Random(seed), 0)
-        assert gpt2_tokenizer.decode(bare) == "".join(f" {text}" for text in (*story.facts, story.question))
+        assert tokenizer.decode(bare) == "".join(f" {text}" for text in (*story.facts, story.question))
 
 
 def write_published(folder, task, length, records, as_lines=False):
@@ -238,17 +225,17 @@ def test_published_file_errors_name_the_file_and_the_fix(tmp_path):
         published_samples(str(tmp_path), "qa7", "2k")
 
 
-def test_a_story_too_long_for_the_sample_is_replaced_by_one_that_fits(pool, gpt2_tokenizer):
-    builder = SampleBuilder(TASKS["qa3"], pool, gpt2_tokenizer, segment_length=128, generates_answer=True)
+def test_a_story_too_long_for_the_sample_is_replaced_by_one_that_fits(pool, tokenizer):
+    builder = SampleBuilder(TASKS["qa3"], pool, tokenizer, segment_length=128, generates_answer=True)
     long_stories = sum(len(builder.encode(" ".join(builder.story(random.Random(seed)).facts))) > 110
                        for seed in range(100))
     assert long_stories > 10  # so one segment cannot take every story
 
     for seed in range(30):
         sample = builder.build(random.Random(seed), num_segments=1)
-        text = gpt2_tokenizer.decode(sample["input_ids"][0, : int(sample["attention_mask"].sum())])
+        text = tokenizer.decode(sample["input_ids"][0, : int(sample["attention_mask"].sum())])
         assert re.search(r" Where was the \w+ before the \w+\? \w+<\|endoftext\|>$", text)
 
-    too_short = SampleBuilder(TASKS["qa3"], pool, gpt2_tokenizer, segment_length=24, generates_answer=True)
+    too_short = SampleBuilder(TASKS["qa3"], pool, tokenizer, segment_length=24, generates_answer=True)
     with pytest.raises(ValueError, match=r"1 segment\(s\) of data.segment_length=24 .* qa3's stories"):
         too_short.build(random.Random(0), num_segments=1)

@@ -4,21 +4,14 @@ supply the facts; validation sets are fixed."""
 import random
 from types import SimpleNamespace
 
-import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from memlm.backbones import load_tokenizer
 from memlm.data.babi import read_babi
 from memlm.data.base import SampleStream
 from memlm.data.facts import FactTaskDataModule
 from memlm.data.tasks import task
 from tests.conftest import QA1
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return load_tokenizer("gpt2-tokenizer")
 
 
 def datamodule(tokenizer, background, **kwargs) -> FactTaskDataModule:

@@ -11,7 +11,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from memlm.backbones import load_tokenizer
 from memlm.data import language_modeling
 from memlm.data.base import IGNORE
 from memlm.data.language_modeling import LanguageModelDataModule, tokenized_documents
@@ -23,11 +22,6 @@ from tests.conftest import TINY_GPT2, compose_train
 from tests.heads import HEADS
 from tests.test_corpora import WIKI_FILES, hub_lines, pg19_folder, wiki_folder  # noqa: F401 (fixtures)
 from tests.test_evaluation import eval_cfg
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return load_tokenizer("gpt2-tokenizer")
 
 
 def lm_data(tokenizer, source, tmp_path, corpus="pg19", **kwargs) -> LanguageModelDataModule:

@@ -7,8 +7,6 @@ import pytest
 import torch
 from torch.utils.data import default_collate
 
-from memlm.backbones import load_tokenizer
-from memlm.data.background import SentencePool, load_documents
 from memlm.data.base import StreamedBatch, WholeBatch
 from memlm.data.facts import SampleBuilder
 from memlm.data.tasks import task as find_task
@@ -16,17 +14,6 @@ from memlm.module import MemoryLM
 
 CASES = [("memorize", 32, True), ("detect", 32, True), ("reasoning", 32, True), ("qa1", 64, True),
          ("memorize", 32, False)]
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return load_tokenizer("gpt2-tokenizer")
-
-
-@pytest.fixture(scope="module")
-def pool(tokenizer, background):
-    documents = load_documents(str(background), "test")
-    return SentencePool(documents, lambda texts: tokenizer(texts, add_special_tokens=False)["input_ids"])
 
 
 def make_builder(tokenizer, pool, task, segment_length, generates_answer):
@@ -69,10 +56,8 @@ def test_a_streamed_batch_gives_the_collated_batch_segment_by_segment(tokenizer,
     assert read == [(3, 4 * 3 * 32), (6, 4 * 3 * 32), (9, 4 * 3 * 32), (11, 4 * 2 * 32)]
 
 
-def test_a_model_scores_a_streamed_batch_as_the_whole_one(memorize_run, tokenizer, background):
+def test_a_model_scores_a_streamed_batch_as_the_whole_one(memorize_run, tokenizer, pool):
     model = MemoryLM.load_from_checkpoint(memorize_run[0], weights_only=True).eval()
-    documents = load_documents(str(background), "test")
-    pool = SentencePool(documents, lambda texts: tokenizer(texts, add_special_tokens=False)["input_ids"])
     builder = make_builder(tokenizer, pool, "memorize", 24, True)
     samples = [builder.build(random.Random(seed), 5) for seed in range(6)]
     plans = [builder.plan(random.Random(seed), 5) for seed in range(6)]

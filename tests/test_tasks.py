@@ -6,26 +6,13 @@ import random
 import pytest
 import torch
 
-from memlm.backbones import load_tokenizer
 from memlm.checkpointing import read_checkpoint
 from memlm.data.babi import PLACES, Story
-from memlm.data.background import SentencePool, load_documents
 from memlm.data.base import IGNORE
 from memlm.data.facts import SampleBuilder
 from memlm.data.tasks import TASKS, Task
 from memlm.data.tasks import task as find_task
 from memlm.training import train
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return load_tokenizer("gpt2-tokenizer")
-
-
-@pytest.fixture(scope="module")
-def pool(tokenizer, background):
-    documents = load_documents(str(background), "train")
-    return SentencePool(documents, lambda texts: tokenizer(texts, add_special_tokens=False)["input_ids"])
 
 
 def builder(tokenizer, pool, task="memorize", answer_format="generate", segment_length=32):

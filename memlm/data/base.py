@@ -234,7 +234,7 @@ class MemoryDataModule(L.LightningDataModule):
 
     def evaluation_loader(self, split: str, num_segments: int, count: int | None, progress=None) -> DataLoader:
         """The loader of an evaluation at `num_segments` (`samples`' set); `progress`, if the data streams its
-        samples, is called with the tokens read as they are read."""
+        samples, is what `StreamedBatch` reports each block to."""
         return self.loader(self.samples(split, num_segments, count))
 
     def train_dataloader(self) -> DataLoader:
