@@ -1,7 +1,8 @@
 """Length generalisation: accuracy from one segment to a million tokens, for several seeds, with eval speed and memory.
 
     python scripts/bench_length.py [--models rmt baseline] [--seeds 0 1 2] [--data memorize]
-                                   [--lengths 1 8 64 512 4096 32768] [--samples 32] [--out outputs/bench_length]
+                                   [--lengths 1 8 64 512 4096 32768] [--samples 32] [--precision 32-true]
+                                   [--out outputs/bench_length]
 
 Trains each model with the default config and each seed (`python train.py model=<model> data=<data> seed=<seed>`),
 then evaluates its last checkpoint on the test book at each length (in segments of 32 tokens: 32768 segments are
@@ -57,14 +58,14 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
-def evaluate_length(checkpoint: Path, segments: int, samples: int, out_dir: Path) -> dict:
+def evaluate_length(checkpoint: Path, segments: int, samples: int, precision: str, out_dir: Path) -> dict:
     """One length in a fresh `eval.py` process: its accuracy, tokens/s, and the process's peak memory (Linux)."""
     # One segment first warms the process up (kernels, allocator), so the length's tokens/s is its steady rate;
     # one segment adds nothing to the peak memory of a longer length.
     lengths = ",".join(map(str, sorted({1, segments})))
     command = [sys.executable, "-c", EVAL_REPORTING_PEAK, str(REPO / "eval.py"), f"ckpt_path={checkpoint}",
                f"lengths=[{lengths}]", f"samples={samples}", f"batch_size={samples}", "accelerator=cpu",
-               f"hydra.run.dir={out_dir}"]
+               f"precision={precision}", f"hydra.run.dir={out_dir}"]
     log = out_dir.parent / f"eval_{segments}.log"
     with open(log, "w") as file:
         result = subprocess.run(command, cwd=REPO, stdout=file, stderr=subprocess.STDOUT, check=False)
@@ -85,6 +86,7 @@ def main() -> None:
     parser.add_argument("--lengths", nargs="+", type=int, default=[1, 8, 64, 512, 4096, 32768],
                         help="segment counts (32 tokens each)")
     parser.add_argument("--samples", type=int, default=32, help="samples per length (one evaluation batch)")
+    parser.add_argument("--precision", default="32-true", help="eval.py's precision (bf16-mixed: bf16 autocast)")
     parser.add_argument("--out", type=Path, default=Path("outputs/bench_length"))
     parser.add_argument("--overrides", nargs="*", default=[],
                         help="extra train.py overrides (debug=limit for a smoke run); the figures use none")
@@ -99,13 +101,15 @@ def main() -> None:
             trained = train_seed(model, args.data, seed, run_dir, args.overrides)
             run = {"model": model, "seed": seed, **trained, "lengths": {}}
             for n in args.lengths:
-                result = evaluate_length(run_dir / "checkpoints" / "last.ckpt", n, args.samples, run_dir / f"eval{n}")
+                result = evaluate_length(run_dir / "checkpoints" / "last.ckpt", n, args.samples, args.precision,
+                                         run_dir / f"eval{n}")
                 run["lengths"][n] = result
                 print(f"{model} seed {seed}: {n} segments, accuracy {result['accuracy']:.3f}, "
                       f"{result['tokens_per_s']:.0f} tokens/s, {result['peak_rss_mib']:.0f} MiB", flush=True)
             runs.append(run)
 
-    report = {"machine": machine(), "data": args.data, "samples": args.samples, "segment_tokens": 32,
+    report = {"machine": machine(), "data": args.data, "samples": args.samples, "precision": args.precision,
+              "segment_tokens": 32,
               "lengths_in_segments": args.lengths, "runs": runs, "summary": summarise(runs, args.models, args.lengths)}
     name = f"{args.data}_{'_'.join(args.models)}"
     (out / f"bench_length_{name}.json").write_text(json.dumps(report, indent=2))

@@ -134,3 +134,13 @@ def test_babilong_protocol_on_another_task_names_the_tasks_to_score(memorize_run
         evaluate(eval_cfg(f"ckpt_path={checkpoint}", "protocol=babilong"))
     with pytest.raises(ValueError, match="protocol='bleu' is not one of"):
         evaluate(eval_cfg(f"ckpt_path={checkpoint}", "protocol=bleu"))
+
+
+def test_generation_runs_under_the_precision_eval_names():
+    cpu = torch.device("cpu")
+    with babilong_eval.precision_context("bf16-mixed", cpu):
+        assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+    with babilong_eval.precision_context("32-true", cpu):
+        assert not torch.is_autocast_enabled("cpu")
+    with pytest.raises(ValueError, match="precision='64-true'"):
+        babilong_eval.precision_context("64-true", cpu)

@@ -4,8 +4,10 @@ tables and plots."""
 import csv
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 
+from memlm.backbones import Backbone
 from memlm.evaluation import EVAL_CONFIG, evaluate
 from memlm.evaluation.lengths import segment_counts
 from tests.conftest import CONF
@@ -46,6 +48,26 @@ def test_eval_overrides_the_training_task(trained, tmp_path):
     accuracy = evaluate(eval_cfg(f"ckpt_path={checkpoint}", "lengths=[2]", "samples=4", "data.task=detect",
                                  f"out_dir={tmp_path / 'eval'}")).by_length
     assert set(accuracy) == {2}
+
+
+def test_bf16_mixed_runs_the_backbone_under_bf16_autocast_and_scores_as_float32_does(trained, tmp_path,
+                                                                                     monkeypatch):
+    checkpoint, _ = trained
+    forward = Backbone.forward
+    autocasts = set()
+
+    def recording_forward(self, *args, **kwargs):
+        autocasts.add(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None)
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(Backbone, "forward", recording_forward)
+    figures = {}
+    for precision, autocast in (("32-true", None), ("bf16-mixed", torch.bfloat16)):
+        autocasts.clear()
+        figures[precision] = evaluate(eval_cfg(f"ckpt_path={checkpoint}", "lengths=[1,4]", "samples=8",
+                                               f"precision={precision}", f"out_dir={tmp_path / precision}")).by_length
+        assert autocasts == {autocast}
+    assert figures["bf16-mixed"] == pytest.approx(figures["32-true"], abs=1 / 8)
 
 
 def test_token_lengths_round_up_to_whole_segments():

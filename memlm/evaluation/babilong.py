@@ -13,12 +13,14 @@ default backbones use.
 
 from __future__ import annotations
 
+import contextlib
 import random
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from hydra.utils import get_class
+from lightning.pytorch.plugins.precision import MixedPrecision
 from omegaconf import DictConfig, OmegaConf
 
 from memlm.data.babilong import answer_is_correct, length_tokens, published_samples
@@ -92,6 +94,16 @@ class PromptSource:
         return prompts
 
 
+def precision_context(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """Lightning's `precision` names for the generation loop, which runs outside a Trainer: 32-true, or the
+    autocast of a mixed precision (bf16-mixed, 16-mixed)."""
+    if precision in ("32-true", "32"):
+        return contextlib.nullcontext()
+    if precision not in ("bf16-mixed", "16-mixed"):
+        raise ValueError(f"precision={precision!r} is not one of 32-true, bf16-mixed, 16-mixed")
+    return MixedPrecision(precision, device.type).forward_context()
+
+
 @torch.no_grad()
 def generated_answers(head: MemoryHead, prompts: list[Prompt], segment_length: int, batch_size: int,
                       max_new_tokens: int) -> list[str]:
@@ -134,8 +146,9 @@ def evaluate_babilong(cfg: DictConfig, model: MemoryLM, checkpoint: dict, data: 
         accuracy[name], samples[name] = {}, {}
         for length in cfg.babilong.lengths:
             prompts = source.prompts(name, length)
-            answers = generated_answers(head, prompts, data.segment_length, cfg.batch_size,
-                                        cfg.babilong.max_new_tokens)
+            with precision_context(str(cfg.precision), device):
+                answers = generated_answers(head, prompts, data.segment_length, cfg.batch_size,
+                                            cfg.babilong.max_new_tokens)
             correct = [answer_is_correct(prompt.target, answer, prompt.question, task(name).labels)
                        for prompt, answer in zip(prompts, answers, strict=True)]
             accuracy[name][length] = sum(correct) / len(correct)

@@ -83,8 +83,9 @@ def evaluate_lengths(cfg: DictConfig, model: MemoryLM, checkpoint: dict, data: D
         tokens = (cfg.samples or 0) * n * datamodule.segment_length
         loaders.append(datamodule.evaluation_loader(cfg.split, n, cfg.samples, TokenProgress(n, tokens)))
     timer = LengthTimer()
-    trainer = L.Trainer(accelerator=cfg.accelerator, devices=1, logger=False, enable_checkpointing=False,
-                        enable_model_summary=False, enable_progress_bar=False, callbacks=[timer])
+    trainer = L.Trainer(accelerator=cfg.accelerator, devices=1, precision=cfg.precision, logger=False,
+                        enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=False,
+                        callbacks=[timer])
     trainer.validate(model, dataloaders=loaders, verbose=False)
     metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
     samples = {n: len(loader.dataset) for n, loader in zip(counts, loaders, strict=True)}
