@@ -4,17 +4,25 @@ questions asked of them (which model, which run to resume, how far the curriculu
 Lightning writes a checkpoint file in place, so a run killed while saving leaves a truncated `last.ckpt` and cannot
 resume. `AtomicCheckpointIO` writes beside the target and renames, which is atomic on one file system: a killed run
 always keeps its previous complete checkpoint. memlm saves plain containers only, so every read here passes
-`weights_only=True`.
+`weights_only=True`, and a checkpoint names the classes its model is built from (`_target_` keys), so only memlm's
+own are accepted: a file that unpickles safely could otherwise name any importable callable.
+
+A run resumes from the newest complete checkpoint of its directory, by the step it holds rather than by its name: a
+run killed while writing its first `last.ckpt`, or a directory copied elsewhere (where Lightning would start a
+`last-v1.ckpt`), still continues from its latest step.
 """
 
 from __future__ import annotations
 
 import os
+import pickle
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from omegaconf import DictConfig, OmegaConf
 
 from memlm.curriculum import SegmentCurriculum
 from memlm.module import MemoryLM
@@ -35,9 +43,50 @@ def checkpoint_file(path: str, key: str) -> str:
     return str(path)
 
 
+TRUSTED_TARGETS = "memlm."
+"""The package whose classes and functions a checkpoint's hyper-parameters may name as `_target_`."""
+
+RESUMED_OPTIM_KEYS = ("lr", "weight_decay", "betas", "schedule", "warmup_steps")
+"""optim keys whose values a resumed run takes from the checkpoint's optimiser and scheduler state, whatever the
+command line says (the clip value is read each step, so a new one is in force)."""
+
+
 def read_checkpoint(path: str, key: str) -> dict:
-    """A checkpoint file's contents, read with `weights_only=True`."""
-    return torch.load(checkpoint_file(path, key), map_location="cpu", weights_only=True)
+    """A checkpoint file's contents, read with `weights_only=True`; a file that is not a complete torch checkpoint
+    gets an error naming the key and the file."""
+    path = checkpoint_file(path, key)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError as error:
+        if "Weights only load failed" in str(error):
+            raise ValueError(f"{key}={path} holds pickled objects besides tensors and plain containers; memlm reads "
+                             "checkpoints with weights_only=True and runs no code from a file") from None
+        raise ValueError(f"{key}={path} is not a torch checkpoint ({error})") from None
+    except (RuntimeError, OSError, EOFError, KeyError, ValueError) as error:
+        raise ValueError(f"{key}={path} is not a complete torch checkpoint ({type(error).__name__}: {error}); "
+                         "was it truncated by a full disk or an interrupted copy?") from None
+
+
+def check_targets(hparams: Any, path: str, where: str = "hyper_parameters") -> None:
+    """Refuse a checkpoint whose hyper-parameters name anything but memlm's own classes and functions."""
+    if isinstance(hparams, dict):
+        for name, value in hparams.items():
+            if name == "_target_" and not (isinstance(value, str) and value.startswith(TRUSTED_TARGETS)):
+                raise ValueError(f"{path}: {where}._target_={value!r} is not one of memlm's own classes or "
+                                 f"functions ({TRUSTED_TARGETS}*); refusing to build a model from it")
+            check_targets(value, path, f"{where}.{name}")
+    elif isinstance(hparams, list | tuple):
+        for index, value in enumerate(hparams):
+            check_targets(value, path, f"{where}[{index}]")
+
+
+def check_finite(state_dict: dict[str, torch.Tensor], path: str) -> None:
+    """Refuse weights that hold NaN or infinity: every figure computed from them would be meaningless."""
+    broken = [name for name, tensor in state_dict.items()
+              if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
+    if broken:
+        raise ValueError(f"{path}: {len(broken)} weight tensors hold NaN or infinity ({', '.join(broken[:3])}, ...): "
+                         "the run diverged before this checkpoint was written; use an earlier checkpoint")
 
 
 def load_checkpoint(path: str) -> tuple[MemoryLM, dict]:
@@ -46,6 +95,8 @@ def load_checkpoint(path: str) -> tuple[MemoryLM, dict]:
     hparams = checkpoint.get("hyper_parameters", {})
     if hparams.get("data") is None:
         raise ValueError(f"ckpt_path={path} holds no training data config; it was not written by train.py")
+    check_targets(hparams, path)
+    check_finite(checkpoint["state_dict"], path)
     model = MemoryLM(**hparams)
     model.load_state_dict(checkpoint["state_dict"])
     return model, checkpoint
@@ -63,11 +114,60 @@ def load_initial_weights(model: MemoryLM, path: str) -> None:
 
 
 def resume_checkpoint(ckpt_path: str | None, run_dir: Path) -> str | None:
-    """`ckpt_path` if given, else the run directory's own last checkpoint, so a re-run in place resumes."""
+    """`ckpt_path` if given, else the newest complete checkpoint of the run directory (None for a fresh run).
+
+    Candidates are the checkpoints Lightning writes there (`checkpoints/*.ckpt`, and `hpc_ckpt_*.ckpt` from a SLURM
+    requeue); the newest is the one holding the highest step, `last.ckpt` on a tie. Files that do not read as
+    checkpoints are skipped with a warning.
+    """
     if ckpt_path is not None:
         return checkpoint_file(ckpt_path, "ckpt_path")
-    last = run_dir / "checkpoints" / "last.ckpt"
-    return str(last) if last.is_file() else None
+    directory = run_dir / "checkpoints"
+    newest, newest_rank = None, None
+    for path in [*directory.glob("*.ckpt"), *run_dir.glob("hpc_ckpt_*.ckpt")]:
+        try:
+            step = read_checkpoint(str(path), "ckpt_path")["global_step"]
+        except (ValueError, KeyError):
+            warnings.warn(f"{path} is not a complete checkpoint; resuming from another", stacklevel=2)
+            continue
+        rank = (step, path.name == "last.ckpt")
+        if newest_rank is None or rank > newest_rank:
+            newest, newest_rank = path, rank
+    return str(newest) if newest is not None else None
+
+
+def remove_partial_saves(run_dir: Path) -> None:
+    """Delete what `AtomicCheckpointIO` left of saves that were killed midway (never a complete checkpoint)."""
+    for partial in (run_dir / "checkpoints").glob(".*.partial"):
+        partial.unlink()
+
+
+def check_resumable(checkpoint_path: str, cfg: DictConfig) -> None:
+    """Refuse to resume a checkpoint into a run that differs where resuming cannot honour the difference: another
+    backbone or head (their weights would not load), or optimiser settings that the restored optimiser and
+    scheduler state would silently override."""
+    saved = read_checkpoint(checkpoint_path, "ckpt_path").get("hyper_parameters", {})
+    for group in ("backbone", "model"):
+        mine = OmegaConf.to_container(cfg[group], resolve=True)
+        if group in saved and saved[group] != mine:
+            raise ValueError(
+                f"{checkpoint_path} holds {group}={_target_name(saved[group])} {saved[group]}, but this run asks for "
+                f"{_target_name(mine)} {mine}: resume with the checkpoint's {group} settings, or start a new run "
+                f"(another hydra.run.dir) with init_weights=<checkpoint> where the weights fit"
+            )
+    mine = OmegaConf.to_container(cfg.optim, resolve=True)
+    for key in RESUMED_OPTIM_KEYS:
+        if key in saved.get("optim", {}) and saved["optim"][key] != mine[key]:
+            raise ValueError(
+                f"optim.{key}={mine[key]} differs from {saved['optim'][key]} in {checkpoint_path}: a resumed run "
+                "continues with the checkpoint's optimiser and scheduler state, so the new value would not be used. "
+                f"Resume without changing optim.{key}, or start a new run (another hydra.run.dir) from these weights "
+                f"with init_weights={checkpoint_path} and a fresh optimiser"
+            )
+
+
+def _target_name(group: dict) -> str:
+    return str(group.get("_target_", "?")).rsplit(".", 1)[-1]
 
 
 def trained_segment_count(checkpoint: dict) -> int | None:

@@ -4,6 +4,10 @@ Optimisation is manual because the segment loop backpropagates in chunks (see `m
 automatic mode allows one backward per step. Gradient clipping and the LR schedule are therefore applied here, from
 `optim`, rather than by Trainer flags.
 
+A non-finite loss or gradient norm stops training before the update it would make, with the step and the keys to
+change, and a checkpoint with non-finite weights is never written: the last complete checkpoint stays the last good
+one.
+
 Every constructor argument is a plain dict from the Hydra config, saved as hyper-parameters, so a checkpoint
 rebuilds its model with `MemoryLM.load_from_checkpoint(path)` and opens with `torch.load(weights_only=True)`.
 """
@@ -79,6 +83,16 @@ class MemoryLM(L.LightningModule):
         optimizer.zero_grad()
         batch = segmented(batch)
         loss, tally, penalty = self.unroll_with_penalty(batch, backward=self.manual_backward)
+        grad_norm = torch.nn.utils.get_total_norm([p.grad for p in self.parameters() if p.grad is not None])
+        # A loss scaler (16-mixed) makes infinite gradients on purpose and skips those steps itself.
+        scaled = getattr(self.trainer.precision_plugin, "scaler", None) is not None
+        if not torch.isfinite(loss) or not (scaled or torch.isfinite(grad_norm)):
+            raise FloatingPointError(
+                f"step {self.global_step}: the training loss is {loss.item()} and the gradient norm "
+                f"{grad_norm.item()}; stopped before updating the weights, so the last checkpoint holds the last "
+                f"finite ones. Lower optim.lr (now {self.optim['lr']}) or optim.gradient_clip_val, or raise "
+                "optim.warmup_steps; with a mixed precision try trainer.precision=32-true"
+            )
         self.clip_gradients(
             optimizer, gradient_clip_val=self.optim["gradient_clip_val"], gradient_clip_algorithm="norm"
         )
@@ -92,6 +106,7 @@ class MemoryLM(L.LightningModule):
         for name, value in self.objective.batch_figures(tally).items():
             self.log(f"train/{name}", value, prog_bar=True, batch_size=batch_size)
         self.log("train/segments", float(num_segments), prog_bar=True, batch_size=batch_size)
+        self.log("train/grad_norm", grad_norm, batch_size=batch_size)
 
     def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
         batch = segmented(batch)
@@ -110,9 +125,23 @@ class MemoryLM(L.LightningModule):
             if not score.update_called:
                 continue
             headline = metric_name(self.objective.headline, score.num_segments, split=None)
-            for name, value in score.compute().items():
-                self.log(f"val/{name}", value.float(), prog_bar=name == headline)
+            figures = score.compute()
             score.reset()
+            broken = {name: value.item() for name, value in figures.items() if not torch.isfinite(value)}
+            if broken:
+                raise FloatingPointError(
+                    f"step {self.global_step}: validation at {score.num_segments} segments gave {broken}; stopped "
+                    "before writing a checkpoint of these weights. Lower optim.lr or optim.gradient_clip_val"
+                )
+            for name, value in figures.items():
+                self.log(f"val/{name}", value.float(), prog_bar=name == headline)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        broken = [name for name, tensor in self.state_dict().items()
+                  if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
+        if broken:
+            raise FloatingPointError(f"step {self.global_step}: {len(broken)} weight tensors hold NaN or infinity "
+                                     f"({', '.join(broken[:3])}, ...); refusing to write them over a good checkpoint")
 
     def configure_optimizers(self):
         optimizer = torch.optim.AdamW(

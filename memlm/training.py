@@ -3,6 +3,7 @@ call this directly."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -10,17 +11,19 @@ import lightning as L
 from hydra.errors import InstantiationException
 from hydra.utils import get_class, instantiate
 from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 from transformers import PreTrainedTokenizerBase
 
 from memlm.backbones import backbone_tokenizer
-from memlm.checkpointing import load_initial_weights, resume_checkpoint
+from memlm.checkpointing import check_resumable, load_initial_weights, remove_partial_saves, resume_checkpoint
 from memlm.curriculum import SegmentCurriculum
 from memlm.data.base import MemoryDataModule
 from memlm.metrics import metric_name
 from memlm.module import MemoryLM
 from memlm.objectives import choose_objective
 from memlm.plots import plot_by_length
+from memlm.runs import SIGTERM_EXIT_CODE, CheckpointOnSigterm, RunLock, is_first_process
 
 
 def build_datamodule(data: DictConfig | dict, tokenizer: PreTrainedTokenizerBase, is_decoder: bool
@@ -75,11 +78,22 @@ def train(cfg: DictConfig) -> dict[str, float]:
     # A component set to null on the command line (callbacks.progress_bar=null) is switched off.
     callbacks = [instantiate(callback) for callback in cfg.callbacks.values() if callback is not None]
     loggers = [instantiate(logger) for logger in cfg.logger.values() if logger is not None]
-    trainer = instantiate(
-        cfg.trainer, callbacks=[*callbacks, curriculum], logger=loggers or False, default_root_dir=run_dir
-    )
-    ckpt_path = resume_checkpoint(cfg.ckpt_path, run_dir)
-    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    trainer = instantiate(cfg.trainer, callbacks=[*callbacks, curriculum, CheckpointOnSigterm(last)],
+                          logger=loggers or False, default_root_dir=run_dir)
+    # The launch's other processes run this function too; the first one holds the directory for all of them.
+    with RunLock(run_dir) if is_first_process() else contextlib.nullcontext():
+        if is_first_process():
+            remove_partial_saves(run_dir)
+        ckpt_path = resume_checkpoint(cfg.ckpt_path, run_dir)
+        if ckpt_path is not None:
+            check_resumable(ckpt_path, cfg)
+        try:
+            trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        except SIGTERMException:
+            print(f"\nstopped by SIGTERM at step {trainer.global_step}; checkpoint: {last}\n"
+                  f"resume: the same command with hydra.run.dir={run_dir}")
+            raise SystemExit(SIGTERM_EXIT_CODE) from None
     metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
     report(run_dir, metrics, curriculum, trainer)
     return metrics

@@ -13,7 +13,7 @@ from memlm.data.babi import (
     read_babi,
     relation_story,
 )
-from memlm.data.tasks import task
+from memlm.data.tasks import TASKS, task
 from tests.conftest import QA1, QA4
 
 DIRECTION_STEP = {"north": (0, 1), "south": (0, -1), "east": (1, 0), "west": (-1, 0)}
@@ -71,9 +71,30 @@ def test_stories_from_babi_keeps_only_supporting_facts_for_memory_tasks(tmp_path
 
 
 def test_stories_from_babi_orders_facts_as_in_the_story():
-    sample = BabiSample(story=("a.", "b.", "c."), question="q?", answer="x", supporting=(2, 0))
+    sample = BabiSample(story=("a.", "b.", "c."), question="Where is Mary?", answer="office", supporting=(2, 0))
 
     assert task("memorize").stories_from_babi([sample])[0].facts == ("a.", "c.")
+
+
+@pytest.mark.parametrize("name", list(TASKS))
+def test_every_task_s_own_stories_pass_its_question_and_answer_check(name):
+    rng = random.Random(0)
+    stories = [task(name).story(rng) for _ in range(300)]
+    samples = [BabiSample(story=story.facts, question=story.question, answer=story.answer,
+                          supporting=tuple(range(len(story.facts)))) for story in stories]
+
+    assert task(name).stories_from_babi(samples) == [Story(s.facts, s.question, s.answer) for s in stories]
+
+
+@pytest.mark.parametrize("name, text, line", [
+    ("memorize", QA4, 3),  # a qa4 file: its questions are not "Where is <person>?"
+    ("qa1", "1 Mary gave the milk to John.\n2 Who received the milk?\tJohn\t1\n", 2),  # answered by a name
+])
+def test_a_babi_file_of_another_task_is_refused_naming_file_line_and_task(tmp_path, name, text, line):
+    path = write(tmp_path, "other.txt", text)
+
+    with pytest.raises(ValueError, match=rf"other.txt:{line}: .* is not a question of task '{name}'"):
+        task(name).stories_from_babi(read_babi(path))
 
 
 def test_an_unknown_task_is_refused_naming_the_key():

@@ -98,7 +98,8 @@ def colour_story(rng: random.Random) -> Story:
 
 
 def test_a_new_task_is_a_story_generator_and_one_row(fast_cfg, tmp_path, monkeypatch, tokenizer, pool):
-    monkeypatch.setitem(TASKS, "colour", Task("colour", colour_story, COLOURS, "opening", "full", "supporting", "rmt"))
+    colour = Task("colour", colour_story, COLOURS, "opening", "full", "supporting", "rmt", r"What colour is the \w+\?")
+    monkeypatch.setitem(TASKS, "colour", colour)
 
     sample = SampleBuilder(find_task("colour"), pool, tokenizer, 32, generates_answer=True).build(random.Random(0), 2)
     decoded = text(tokenizer, sample["input_ids"])

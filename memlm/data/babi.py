@@ -4,7 +4,7 @@ the official bAbI files. Which task uses which generator is the task table's bus
 import random
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ACTORS = ("Mary", "John", "Daniel", "Sandra")
@@ -45,6 +45,8 @@ class BabiSample:
     question: str
     answer: str
     supporting: tuple[int, ...]
+    where: str = field(default="", compare=False)
+    """The file and line of the question, for errors."""
 
 
 def location_story(rng: random.Random) -> Story:
@@ -321,4 +323,4 @@ def _parse_question(text: str, story: tuple[str, ...], index_of_id: dict[int, in
         if not token.isdecimal() or int(token) not in index_of_id:
             raise ValueError(f"{where}: supporting fact id {token!r} refers to no earlier sentence of this story")
         supporting.append(index_of_id[int(token)])
-    return BabiSample(story=story, question=question, answer=answer, supporting=tuple(supporting))
+    return BabiSample(story=story, question=question, answer=answer, supporting=tuple(supporting), where=where)

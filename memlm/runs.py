@@ -1,0 +1,87 @@
+"""A run directory's lifecycle: one live run at a time, and a checkpoint before a scheduler's SIGTERM ends it.
+
+Two runs writing one directory would overwrite each other's checkpoints and resume from each other's partial files,
+so `RunLock` refuses a second live run; a lock left by a process that no longer exists (killed, or on a node that
+went down) is taken over. Schedulers stop jobs with SIGTERM and kill them shortly after; Lightning's handler only
+ends the fit loop, and Python exits 0 as if training had finished, so `train.py && eval.py` would go on.
+`CheckpointOnSigterm` writes `last.ckpt` on the way out and `train` then exits with 143 (128 + SIGTERM), the code a
+job killed by SIGTERM reports. Under SLURM, requeueing is Lightning's `SLURMEnvironment`'s (SIGUSR1 before the time
+limit; `scripts/slurm.sbatch`).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+SIGTERM_EXIT_CODE = 143
+
+
+class RunLock:
+    """`run_dir/.lock` holding the pid of the run that writes the directory, for the duration of a `with`."""
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / ".lock"
+
+    def __enter__(self) -> RunLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            try:
+                descriptor = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                holder = self._holder()
+                if holder is not None and _alive(holder):
+                    raise RuntimeError(
+                        f"{self.path.parent} is in use by a live run (pid {holder}, lock file {self.path}): wait for "
+                        "it to finish, stop it, or choose another hydra.run.dir"
+                    ) from None
+                # The holder is gone: its lock is stale. Removing and retrying the exclusive create lets exactly
+                # one of several starting runs win.
+                self.path.unlink(missing_ok=True)
+                continue
+            with os.fdopen(descriptor, "w") as file:
+                file.write(str(os.getpid()))
+            return self
+
+    def __exit__(self, *exc) -> None:
+        if self._holder() == os.getpid():
+            self.path.unlink(missing_ok=True)
+
+    def _holder(self) -> int | None:
+        try:
+            return int(self.path.read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's live process
+    return True
+
+
+def is_first_process() -> bool:
+    """Whether this is global rank 0 of a launch (torchrun and Lightning's launchers set RANK or LOCAL_RANK and
+    NODE_RANK in the other processes before they import anything)."""
+    if "RANK" in os.environ:
+        return os.environ["RANK"] == "0"
+    return os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
+
+
+class CheckpointOnSigterm(Callback):
+    """Write `last.ckpt` when Lightning ends the fit loop on SIGTERM (at a batch boundary, so the state is a
+    finished step's)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        if isinstance(exception, SIGTERMException):
+            trainer.save_checkpoint(self.path)

@@ -1,0 +1,157 @@
+"""Runs that never lie: divergence, resuming after faults and in moved directories, one run per directory, SIGTERM,
+and checkpoints that cannot run code."""
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+
+import pytest
+import torch
+
+from memlm.checkpointing import load_checkpoint, remove_partial_saves, resume_checkpoint
+from memlm.runs import SIGTERM_EXIT_CODE, RunLock
+from memlm.training import build, train
+from tests.conftest import REPO, SMALL_RMT
+from tests.heads import HEADS
+from tests.test_train import train_command
+
+
+def steps(path) -> int:
+    return torch.load(path, weights_only=True)["global_step"]
+
+
+def finite(path) -> bool:
+    state = torch.load(path, weights_only=True)["state_dict"]
+    return all(bool(torch.isfinite(tensor).all()) for tensor in state.values() if tensor.is_floating_point())
+
+
+def test_a_diverging_run_stops_naming_the_step_and_the_keys_and_writes_no_bad_checkpoint(fast_cfg, tmp_path):
+    with pytest.raises(FloatingPointError, match=r"step \d+: .*optim.lr \(now 1000000000.0\)"):
+        train(fast_cfg("optim.lr=1e9"))
+    assert all(finite(path) for path in (tmp_path / "checkpoints").glob("*.ckpt"))
+
+
+def test_weights_with_nan_are_never_saved(fast_cfg):
+    _, model = build(fast_cfg())
+    with torch.no_grad():
+        model.head.memory[0, 0] = float("nan")
+    with pytest.raises(FloatingPointError, match="head.memory"):
+        model.on_save_checkpoint({})
+
+
+def test_eval_refuses_a_checkpoint_with_nan_weights(memorize_run, tmp_path):
+    checkpoint = torch.load(memorize_run[0], weights_only=True)
+    checkpoint["state_dict"]["head.memory"][0, 0] = float("inf")
+    broken = tmp_path / "broken.ckpt"
+    torch.save(checkpoint, broken)
+    with pytest.raises(ValueError, match="broken.ckpt: 1 weight tensors hold NaN or infinity \\(head.memory"):
+        load_checkpoint(str(broken))
+
+
+@pytest.mark.parametrize("target", ["builtins.open", "os.system", "memlmx.evil"])
+def test_a_checkpoint_naming_foreign_code_is_refused_naming_the_key(memorize_run, tmp_path, target):
+    checkpoint = torch.load(memorize_run[0], weights_only=True)
+    checkpoint["hyper_parameters"]["model"]["_target_"] = target
+    foreign = tmp_path / "foreign.ckpt"
+    torch.save(checkpoint, foreign)
+    with pytest.raises(ValueError, match=rf"hyper_parameters.model._target_='{target}' is not one of memlm's own"):
+        load_checkpoint(str(foreign))
+
+
+def test_a_checkpoint_holding_pickled_objects_is_refused_without_running_them(fast_cfg, memorize_run, tmp_path):
+    checkpoint = torch.load(memorize_run[0], weights_only=True)
+    checkpoint["anything"] = shutil.Error("a pickled object")
+    pickled = tmp_path / "pickled.ckpt"
+    torch.save(checkpoint, pickled)
+    with pytest.raises(ValueError, match="holds pickled objects"):
+        train(fast_cfg(f"ckpt_path={pickled}"))
+
+
+def test_a_truncated_checkpoint_is_named_as_such(memorize_run, tmp_path):
+    truncated = tmp_path / "truncated.ckpt"
+    truncated.write_bytes(memorize_run[0].read_bytes()[:5000])
+    with pytest.raises(ValueError, match="truncated.ckpt is not a complete torch checkpoint"):
+        load_checkpoint(str(truncated))
+
+
+@pytest.mark.parametrize("override, head, message", [
+    ("optim.lr=0.001", SMALL_RMT, r"optim.lr=0.001 differs from 0.0005 in .*init_weights="),
+    ("optim.schedule=cosine", SMALL_RMT, "optim.schedule=cosine differs from constant_with_warmup"),
+    ("seed=42", HEADS["hmt"], "holds model=RMT .* but this run asks for HMT"),
+], ids=["lr", "schedule", "head"])
+def test_resuming_with_settings_it_cannot_honour_is_refused(fast_cfg, tmp_path, override, head, message):
+    train(fast_cfg("trainer.max_steps=3", "optim.lr=5e-4"))
+    with pytest.raises(ValueError, match=message):
+        train(fast_cfg("trainer.max_steps=6", "optim.lr=5e-4", override, head=head))
+
+
+def test_a_copied_run_directory_resumes_in_place_and_keeps_writing_last_ckpt(fast_cfg, background, tmp_path):
+    original = tmp_path / "original"
+    train(fast_cfg(f"run_dir={original}", "trainer.max_steps=3"))
+    copy = tmp_path / "copy"
+    shutil.copytree(original, copy)
+
+    train(fast_cfg(f"run_dir={copy}", "trainer.max_steps=6"))
+    assert sorted(path.name for path in (copy / "checkpoints").glob("last*.ckpt")) == ["last.ckpt"]
+    assert steps(copy / "checkpoints" / "last.ckpt") == 6
+    assert resume_checkpoint(None, copy) == str(copy / "checkpoints" / "last.ckpt")
+
+
+def test_resume_takes_the_newest_complete_checkpoint_and_drops_partial_saves(fast_cfg, tmp_path):
+    train(fast_cfg("trainer.max_steps=3"))
+    checkpoints = tmp_path / "checkpoints"
+    # As if killed while writing the first last.ckpt: a complete step checkpoint and a partial file.
+    (checkpoints / "last.ckpt").rename(checkpoints / ".last.ckpt.partial")
+    assert resume_checkpoint(None, tmp_path) == str(checkpoints / "step3.ckpt")
+    remove_partial_saves(tmp_path)
+    assert not list(checkpoints.glob(".*"))
+    # A file that does not read as a checkpoint is passed over, with a warning.
+    (checkpoints / "last.ckpt").write_bytes(b"not a checkpoint")
+    with pytest.warns(UserWarning, match="last.ckpt is not a complete checkpoint"):
+        assert resume_checkpoint(None, tmp_path) == str(checkpoints / "step3.ckpt")
+    # A SLURM requeue's checkpoint (Lightning writes it into the run directory) counts by its step too.
+    requeued = torch.load(checkpoints / "step3.ckpt", weights_only=True)
+    requeued["global_step"] = 4
+    torch.save(requeued, tmp_path / "hpc_ckpt_1.ckpt")
+    with pytest.warns(UserWarning):
+        assert resume_checkpoint(None, tmp_path) == str(tmp_path / "hpc_ckpt_1.ckpt")
+
+
+def test_a_second_live_run_in_one_directory_is_refused_and_a_dead_one_s_lock_taken_over(fast_cfg, tmp_path):
+    with RunLock(tmp_path):
+        assert (tmp_path / ".lock").read_text() == str(os.getpid())
+        with pytest.raises(RuntimeError, match=rf"in use by a live run \(pid {os.getpid()}"):
+            train(fast_cfg())
+    assert not (tmp_path / ".lock").exists()
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (tmp_path / ".lock").write_text(str(dead.pid))
+    with RunLock(tmp_path):
+        assert (tmp_path / ".lock").read_text() == str(os.getpid())
+
+
+@pytest.mark.slow
+def test_sigterm_saves_a_checkpoint_exits_143_and_the_run_resumes(background, tmp_path):
+    overrides = (f"data.background={background}", f"hydra.run.dir={tmp_path}", "curriculum.stop_when_done=false")
+    process = subprocess.Popen(train_command(*overrides, "trainer.max_steps=400"), cwd=REPO,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 300
+    while not last.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=300)
+
+    assert process.returncode == SIGTERM_EXIT_CODE, output[-2000:]
+    stopped_at = steps(last)
+    assert 0 < stopped_at < 400
+    assert f"stopped by SIGTERM at step {stopped_at}" in output and f"hydra.run.dir={tmp_path}" in output
+    assert not (tmp_path / ".lock").exists()
+
+    resumed = subprocess.run(train_command(*overrides, f"trainer.max_steps={stopped_at + 3}"), cwd=REPO,
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert steps(last) == stopped_at + 3
