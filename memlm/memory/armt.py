@@ -1,0 +1,180 @@
+"""Associative Recurrent Memory Transformer (Rodkin, Kuratov, Bulatov, Burtsev 2024).
+
+RMT's segment recurrence with an associative memory in every chosen layer instead of memory tokens carried from
+segment to segment. Each segment is `[tokens (S) ; memory tokens (m)]`, the m memory tokens a fixed learned
+parameter; what flows between segments is, per layer l, a matrix A (d_key x d) and a normaliser z (d_key).
+
+- Read, before layer l, for every position x (tokens and memory tokens alike):
+  `x <- x + A φ(W_Q x) / (zᵀ φ(W_Q x) + eps)`. With A = 0 and z = 0, as every sample starts, the read is 0.
+- Write, once the segment has been read, from the outputs m_i of layer l at the memory-token positions:
+  k_i = φ(W_K m_i), v_i = W_V m_i, β_i = σ(W_β m_i), the value the memory already holds for that key
+  v̄_i = A k_i / (zᵀ k_i + eps), and the delta rule `A <- A + Σ_i β_i (v_i − v̄_i) ⊗ k_i`: with β = 1, writing a
+  key again replaces its value instead of adding to it. The normaliser counts only what is new about a key,
+  `z <- z + Σ_i γ_i k_i` with γ_i = clip(1 − zᵀ k_i / ‖k_i‖², 0, 1), γ detached.
+- φ is DPFP-ν (Schlag et al. 2021): with r = [relu(x), relu(−x)] (2 d_mem features), the products of r with r
+  rolled by 1..ν places, concatenated: d_key = 2 ν d_mem non-negative features. Queries and keys are L2-normalised
+  after φ, as in the authors' code. W_V starts at zero, so the memory holds nothing until training gives it values.
+
+The memory tokens sit after the tokens, so a causal backbone lets them see the whole segment while no token sees
+them: a token's prediction depends on its own segment and on what earlier segments wrote, never on a later token.
+They take the positions after the segment's, as RMT's write memory does, and unlike RMT's they carry nothing from
+segment to segment: every segment starts from the same learned tokens.
+
+Where memlm departs from the authors' code, and why:
+- A and z are the recurrent state (a tuple of per-layer (A, z) pairs, shaped per sample), not attributes of
+  wrapped layers: every sample starts from an empty memory, the segment loop detaches it at the truncation point
+  like any head's state, nothing is shared between DDP ranks or between a batch's samples, and a checkpoint holds
+  only parameters.
+- The backbone's code is not forked or wrapped: inside `ARMT.forward` the block interceptors
+  (`Backbone.intercepting` on `Backbone.blocks`, GPT-2's `h` or Llama's `layers`) add the read to each memory
+  layer's input and keep its output at the memory positions for the write.
+- The read and write run in float32 with autocast off, and the state is float32 whatever the backbone's precision:
+  z is a running sum over every segment that every read divides by, and in bfloat16 (8 significant bits) an entry
+  past 256 no longer moves for an increment below 1.
+- One memory head per layer (the authors' default); `layers` chooses which layers carry memory (the authors: all).
+- Generation re-reads its open segment without committing it, so a segment is written once, when it is complete
+  (`memlm.generation`); the authors switch writing off with a mode flag instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from memlm.backbones import Backbone
+from memlm.memory.base import MemoryHead, MemoryState, SegmentOutput, pad_mask
+
+EPS = 1e-5
+"""Added to the normaliser of every read, so an empty memory (z = 0) reads 0 instead of 0/0."""
+
+
+def dpfp(x: torch.Tensor, nu: int) -> torch.Tensor:
+    """DPFP-ν features of the last dimension: (..., d) -> (..., 2 ν d), all non-negative."""
+    signed = torch.cat([F.relu(x), F.relu(-x)], dim=-1)
+    return torch.cat([signed * signed.roll(shift, dims=-1) for shift in range(1, nu + 1)], dim=-1)
+
+
+def recall(matrix: torch.Tensor, normaliser: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+    """What the memory holds for each feature vector: `A φ / (zᵀ φ + eps)`.
+
+    matrix (batch, d_key, d), normaliser (batch, d_key), features (batch, positions, d_key) -> (batch, positions, d).
+    """
+    numerator = features @ matrix
+    denominator = (features @ normaliser.unsqueeze(-1)) + EPS
+    return numerator / denominator
+
+
+def associate(matrix: torch.Tensor, normaliser: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+              betas: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The memory after writing `values` under `keys` by the delta rule; (A, z) after the write.
+
+    keys (batch, n, d_key) are feature vectors, values (batch, n, d), betas (batch, n, 1) in [0, 1].
+    """
+    previous = recall(matrix, normaliser, keys)
+    matrix = matrix + keys.transpose(1, 2) @ (betas * (values - previous))
+    covered = (keys @ normaliser.unsqueeze(-1)) / keys.square().sum(-1, keepdim=True).clamp_min(EPS)
+    novelty = (1 - covered).clamp(0, 1).detach()
+    return matrix, normaliser + (novelty * keys).sum(dim=1)
+
+
+class LayerMemory(nn.Module):
+    """The projections of one layer's associative memory: its read query, and the key, value and write strength
+    of what the memory tokens write."""
+
+    def __init__(self, hidden_size: int, d_mem: int, nu: int):
+        super().__init__()
+        self.nu = nu
+        self.query = nn.Linear(hidden_size, d_mem, bias=False)
+        self.key = nn.Linear(hidden_size, d_mem, bias=False)
+        self.value = nn.Linear(hidden_size, hidden_size, bias=False)
+        self.strength = nn.Linear(hidden_size, 1)
+        nn.init.zeros_(self.value.weight)
+
+    def features(self, projected: torch.Tensor) -> torch.Tensor:
+        return F.normalize(dpfp(projected.float(), self.nu), dim=-1)
+
+    def read(self, hidden: torch.Tensor, matrix: torch.Tensor, normaliser: torch.Tensor) -> torch.Tensor:
+        """The hidden states with the memory's answer to each position's query added."""
+        with torch.autocast(hidden.device.type, enabled=False):
+            queries = self.features(self.query(hidden.to(self.query.weight.dtype)))
+            return hidden + recall(matrix, normaliser, queries).to(hidden.dtype)
+
+    def write(self, memory_states: torch.Tensor, matrix: torch.Tensor,
+              normaliser: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(A, z) after the memory tokens' states (batch, m, d) are written by the delta rule."""
+        with torch.autocast(memory_states.device.type, enabled=False):
+            states = memory_states.to(self.key.weight.dtype)
+            keys = self.features(self.key(states))
+            values = self.value(states).float()
+            betas = torch.sigmoid(self.strength(states)).float()
+            return associate(matrix, normaliser, keys, values, betas)
+
+
+class ARMT(MemoryHead):
+    size_key = "model.num_mem_tokens"
+
+    def __init__(self, backbone: Backbone, num_mem_tokens: int = 4, d_mem: int = 32, nu: int = 3,
+                 layers: Sequence[int] | None = None):
+        """`layers`: the indices of the blocks that carry memory; None: all of them."""
+        super().__init__(backbone)
+        if not backbone.is_decoder:
+            raise ValueError("model=armt needs a decoder backbone (backbone.kind=causal): its memory tokens follow "
+                             "the segment and are written from what causal attention lets them see")
+        if num_mem_tokens < 1:
+            raise ValueError(f"model.num_mem_tokens={num_mem_tokens} must be at least 1: the memory tokens are "
+                             "what writes the memory")
+        if d_mem < 2:
+            raise ValueError(f"model.d_mem={d_mem} must be at least 2")
+        if not 1 <= nu < d_mem:
+            # Rolled by d_mem places, relu(x_i) meets relu(-x_i): their product is always zero.
+            raise ValueError(f"model.nu={nu} must be between 1 and model.d_mem - 1 = {d_mem - 1}")
+        blocks = len(backbone.blocks)
+        chosen = list(range(blocks)) if layers is None else list(layers)
+        if not chosen:
+            raise ValueError("model.layers=[] gives no layer a memory: list block indices, or null for all")
+        if any(not 0 <= index < blocks for index in chosen) or len(set(chosen)) != len(chosen):
+            raise ValueError(f"model.layers={chosen} must be distinct block indices in 0..{blocks - 1} "
+                             f"(the backbone has {blocks} blocks)")
+        self.num_mem_tokens = num_mem_tokens
+        self.d_key = 2 * nu * d_mem
+        self.layers = tuple(sorted(chosen))
+        self.slot_of_block = {block: slot for slot, block in enumerate(self.layers)}
+        self.memory = self.embedding_scaled(num_mem_tokens, backbone.hidden_size)
+        self.memories = nn.ModuleList(LayerMemory(backbone.hidden_size, d_mem, nu) for _ in self.layers)
+
+    def initial_state(self, batch_size: int) -> MemoryState:
+        device = self.memory.device
+        return tuple(
+            (torch.zeros(batch_size, self.d_key, self.backbone.hidden_size, device=device),
+             torch.zeros(batch_size, self.d_key, device=device))
+            for _ in self.layers
+        )
+
+    def extra_positions(self) -> int:
+        return self.num_mem_tokens
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, state: MemoryState) -> SegmentOutput:
+        m = self.num_mem_tokens
+        slot_of_block = self.slot_of_block
+        memory_outputs: list[torch.Tensor | None] = [None] * len(self.layers)
+
+        def add_read(index: int, hidden: torch.Tensor) -> torch.Tensor | None:
+            if index not in slot_of_block:
+                return None
+            slot = slot_of_block[index]
+            return self.memories[slot].read(hidden, *state[slot])
+
+        def keep_memory_outputs(index: int, block_input: torch.Tensor, hidden: torch.Tensor) -> None:
+            if index in slot_of_block:
+                memory_outputs[slot_of_block[index]] = hidden[:, -m:]
+
+        tokens = self.backbone.embed(input_ids)
+        memory_tokens = self.memory.to(tokens.dtype).unsqueeze(0).expand(tokens.shape[0], -1, -1)
+        with self.backbone.intercepting(before=add_read, after=keep_memory_outputs):
+            hidden = self.backbone(torch.cat([tokens, memory_tokens], dim=1), pad_mask(attention_mask, 0, m))
+        next_state = tuple(memory.write(memory_outputs[i], *state[i]) for i, memory in enumerate(self.memories))
+        token_states = hidden[:, :-m]
+        return SegmentOutput(token_states, token_states[:, -1], next_state)
