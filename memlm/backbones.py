@@ -13,6 +13,7 @@ forks modeling code, and `Backbone.forward` pays nothing for them when they are 
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -244,9 +245,24 @@ def _resolve(name_or_path: str) -> str:
     return name_or_path
 
 
-def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
+def _from_pretrained(load: Callable, name_or_path: str, key: str, **kwargs):
+    """`load(source)` for a hub id, folder or asset name; a source that is neither a folder here nor a model the
+    hub serves (a mistyped path, or no network) gets an error naming the key instead of the hub client's."""
+    source = _resolve(name_or_path)
+    if source.startswith(("/", ".", "~")) and not Path(source).expanduser().exists():
+        raise FileNotFoundError(f"{key}={name_or_path!r}: no such folder")
+    try:
+        return load(source, **kwargs)
+    except (OSError, ValueError) as error:
+        raise OSError(f"{key}={name_or_path!r} is neither a model folder here nor a model the hub serves to this "
+                      f"machine (offline? HF_HUB_OFFLINE={os.environ.get('HF_HUB_OFFLINE', 'unset')}); give a local "
+                      f"folder or one of memlm's offline assets {sorted(assets.ASSETS)}. The loader said: "
+                      f"{str(error).splitlines()[0]}") from None
+
+
+def load_tokenizer(name_or_path: str, key: str = "backbone.tokenizer") -> PreTrainedTokenizerBase:
     """A tokenizer by hub id, folder or offline asset name, with a pad token."""
-    tokenizer = AutoTokenizer.from_pretrained(_resolve(name_or_path))
+    tokenizer = _from_pretrained(AutoTokenizer.from_pretrained, name_or_path, key)
     if tokenizer.pad_token is None:
         # Causal tokenizers (GPT-2, Llama) ship without a pad token; padding positions are masked anyway.
         tokenizer.pad_token = tokenizer.eos_token
@@ -255,10 +271,11 @@ def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
 
 def backbone_tokenizer(name_or_path: str | None = None, tokenizer: str | None = None) -> PreTrainedTokenizerBase:
     """The tokenizer of a backbone config: its own `tokenizer`, else the pretrained model's."""
-    source = tokenizer or name_or_path
-    if source is None:
+    if tokenizer is not None:
+        return load_tokenizer(tokenizer, "backbone.tokenizer")
+    if name_or_path is None:
         raise ValueError("backbone.tiny needs backbone.tokenizer (a hub id, a folder or an asset name)")
-    return load_tokenizer(source)
+    return load_tokenizer(name_or_path, "backbone.name_or_path")
 
 
 def load_backbone(
@@ -282,8 +299,6 @@ def load_backbone(
         config = AutoConfig.for_model(**{**dict(tiny), "vocab_size": len(tok)})
         model = auto.from_config(config, dtype=getattr(torch, dtype))
     else:
-        source = _resolve(name_or_path)
-        if source.startswith(("/", ".", "~")) and not Path(source).expanduser().exists():
-            raise FileNotFoundError(f"backbone.name_or_path={name_or_path!r}: no such folder")
-        model = auto.from_pretrained(source, dtype=getattr(torch, dtype))
+        model = _from_pretrained(auto.from_pretrained, name_or_path, "backbone.name_or_path",
+                                 dtype=getattr(torch, dtype))
     return Backbone(model, tok, kind)

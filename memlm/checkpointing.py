@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import shutil
 import warnings
 from pathlib import Path
 from typing import Any
@@ -32,8 +33,30 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
         path = Path(path)
         partial = path.with_name(f".{path.name}.partial")
-        super().save_checkpoint(checkpoint, partial, storage_options)
+        try:
+            super().save_checkpoint(checkpoint, partial, storage_options)
+        except (OSError, RuntimeError) as error:
+            # A full or read-only disk: leave no half-written file behind, keep the previous checkpoint.
+            partial.unlink(missing_ok=True)
+            raise OSError(f"could not write checkpoint {path} ({error}); the previous checkpoint is kept: free "
+                          "space or choose a writable hydra.run.dir, then resume") from None
         os.replace(partial, path)
+
+
+def check_room_for_checkpoints(run_dir: Path, model: torch.nn.Module) -> None:
+    """Fail at start, not after a validation interval of lost training, when the run directory cannot hold a
+    checkpoint: not writable, or less free space than a checkpoint (weights and AdamW's two moments) and the
+    partial file of the next one."""
+    directory = run_dir / "checkpoints"
+    directory.mkdir(parents=True, exist_ok=True)
+    if not os.access(directory, os.W_OK):
+        raise PermissionError(f"{directory} is not writable: choose another hydra.run.dir")
+    checkpoint_bytes = 3 * sum(p.numel() * p.element_size() for p in model.parameters())
+    free = shutil.disk_usage(directory).free
+    if free < 2 * checkpoint_bytes:
+        raise OSError(f"{directory} has {free / 2**20:.0f} MiB free, and a checkpoint of this model needs about "
+                      f"{checkpoint_bytes / 2**20:.0f} MiB (twice that while the next is written): free space or "
+                      "choose another hydra.run.dir")
 
 
 def checkpoint_file(path: str, key: str) -> str:

@@ -50,9 +50,7 @@ class SegmentCurriculum(Callback):
     ):
         """`metric` is the validation figure (at the current segment count) the threshold applies to; the objective
         gives it."""
-        segments = list(segments)
-        if not segments or any(n < 1 for n in segments) or segments != sorted(set(segments)):
-            raise ValueError(f"curriculum.segments={segments} must be a non-empty increasing list of positive counts")
+        segments = self.check_segments(segments)
         if segment_range not in SEGMENT_RANGES:
             raise ValueError(f"curriculum.segment_range={segment_range!r} is not one of {tuple(SEGMENT_RANGES)}")
         if max_steps_per_stage is not None and max_steps_per_stage < 1:
@@ -76,6 +74,13 @@ class SegmentCurriculum(Callback):
         self.stage_start_step = 0
         self.history: list[dict] = []
         self._apply()
+
+    @staticmethod
+    def check_segments(segments: Sequence[int]) -> list[int]:
+        segments = list(segments)
+        if not segments or any(n < 1 for n in segments) or segments != sorted(set(segments)):
+            raise ValueError(f"curriculum.segments={segments} must be a non-empty increasing list of positive counts")
+        return segments
 
     @property
     def num_segments(self) -> int:

@@ -31,6 +31,8 @@ class RunLock:
         while True:
             try:
                 descriptor = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except PermissionError:
+                raise PermissionError(f"{self.path.parent} is not writable: choose another hydra.run.dir") from None
             except FileExistsError:
                 holder = self._holder()
                 if holder is not None and _alive(holder):

@@ -16,7 +16,14 @@ from omegaconf import DictConfig, OmegaConf
 from transformers import PreTrainedTokenizerBase
 
 from memlm.backbones import backbone_tokenizer
-from memlm.checkpointing import check_resumable, load_initial_weights, remove_partial_saves, resume_checkpoint
+from memlm.checkpointing import (
+    check_resumable,
+    check_room_for_checkpoints,
+    load_initial_weights,
+    remove_partial_saves,
+    resume_checkpoint,
+)
+from memlm.config import check_config
 from memlm.curriculum import SegmentCurriculum
 from memlm.data.base import MemoryDataModule
 from memlm.metrics import metric_name
@@ -58,6 +65,7 @@ def build(cfg: DictConfig) -> tuple[MemoryDataModule, MemoryLM]:
 
 def train(cfg: DictConfig) -> dict[str, float]:
     """Train as `cfg` says and return the final validation metrics."""
+    check_config(cfg)
     L.seed_everything(cfg.seed, workers=True)
     run_dir = Path(cfg.run_dir)
     # Read first: a missing mandatory value (hmt_stage2's stage1_checkpoint) fails before any work.
@@ -85,6 +93,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     with RunLock(run_dir) if is_first_process() else contextlib.nullcontext():
         if is_first_process():
             remove_partial_saves(run_dir)
+            check_room_for_checkpoints(run_dir, model)
         ckpt_path = resume_checkpoint(cfg.ckpt_path, run_dir)
         if ckpt_path is not None:
             check_resumable(ckpt_path, cfg)

@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from transformers.activations import ACT2FN
 
 from memlm.checkpointing import AtomicCheckpointIO
+from memlm.config import check_config
 from memlm.evaluation import EVAL_CONFIG
 from memlm.metrics import metric_name
 from memlm.objectives import OBJECTIVES
@@ -60,6 +61,7 @@ def test_every_option_composes_with_no_missing_value_and_resolves(group, option,
     cfg = compose_train([f"{group}={option}", *REQUIRED.get((group, option), []), f"run_dir={run_dir}"])
     assert OmegaConf.missing_keys(cfg) == set()
     OmegaConf.resolve(cfg)
+    check_config(cfg)
 
 
 def test_trainer_config_lists_every_lightning_trainer_argument():

@@ -6,11 +6,13 @@ import shutil
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from memlm.checkpointing import load_checkpoint, remove_partial_saves, resume_checkpoint
+from memlm.checkpointing import AtomicCheckpointIO, load_checkpoint, remove_partial_saves, resume_checkpoint
 from memlm.runs import SIGTERM_EXIT_CODE, RunLock
 from memlm.training import build, train
 from tests.conftest import REPO, SMALL_RMT
@@ -155,3 +157,29 @@ def test_sigterm_saves_a_checkpoint_exits_143_and_the_run_resumes(background, tm
                              capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert steps(last) == stopped_at + 3
+
+
+def test_a_full_disk_is_found_at_start_not_after_a_validation_interval(fast_cfg, tmp_path, monkeypatch):
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9 - 1000, 1000))
+    with pytest.raises(OSError, match=r"has 0 MiB free, and a checkpoint of this model needs about"):
+        train(fast_cfg())
+
+
+def test_a_failed_save_leaves_no_partial_file_and_says_what_to_do(tmp_path, monkeypatch):
+    def fill_the_disk(self, checkpoint, path, storage_options=None):
+        Path(path).write_bytes(b"half a checkpoint")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(TorchCheckpointIO, "save_checkpoint", fill_the_disk)
+    (tmp_path / "last.ckpt").write_bytes(b"the previous checkpoint")
+    with pytest.raises(OSError, match="could not write checkpoint .*last.ckpt .*No space left.* previous checkpoint"):
+        AtomicCheckpointIO().save_checkpoint({}, tmp_path / "last.ckpt")
+    assert [path.name for path in tmp_path.iterdir()] == ["last.ckpt"]
+    assert (tmp_path / "last.ckpt").read_bytes() == b"the previous checkpoint"
+
+
+def test_a_backbone_that_is_neither_here_nor_on_the_hub_names_the_key(fast_cfg):
+    with pytest.raises(OSError, match="backbone.name_or_path='models/nothing/here' is neither a model folder here"):
+        train(fast_cfg(backbone=["backbone=hf", "backbone.name_or_path=models/nothing/here"]))
+    with pytest.raises(OSError, match="backbone.tokenizer='no-such-tokenizer' is neither a model folder here"):
+        train(fast_cfg("backbone.tokenizer=no-such-tokenizer"))

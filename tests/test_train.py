@@ -59,9 +59,30 @@ def test_encoder_backbone_trains_as_a_classifier(fast_cfg):
     ("data.task=summarize", "data.task"),
     ("curriculum.segments=[4,2]", "curriculum.segments"),
     ("data.val_segments=[1]", "data.val_segments"),
+    ("curriculum.segments=[]", r"curriculum.segments=\[\] must be a non-empty"),
+    ("trainer.max_steps=0", "trainer.max_steps=0 trains nothing"),
+    ("optim.lr=-1", "optim.lr=-1 must be positive"),
+    ("optim.schedule=sawtooth", "optim.schedule='sawtooth' is not one of transformers' schedules"),
+    ("optim.betas=[0.9,1.5]", r"optim.betas=\[0.9, 1.5\] must be two numbers"),
+    ("optim.warmup_steps=-5", "optim.warmup_steps=-5"),
 ])
 def test_impossible_settings_fail_at_start_naming_the_key(fast_cfg, override, message):
     with pytest.raises(ValueError, match=message):
+        train(fast_cfg(override))
+
+
+@pytest.mark.parametrize("override, message", [
+    ("data.batch_size=abc", "data.batch_size='abc' must be an integer"),
+    ("model.num_mem_tokens=2.5", "model.num_mem_tokens=2.5 must be an integer"),
+    ("curriculum.threshold=high", "curriculum.threshold='high' must be a number or null"),
+    ("recurrence.recompute=maybe", "recurrence.recompute='maybe' must be true or false"),
+    ("trainer.max_steps=ten", "trainer.max_steps='ten' must be an integer"),
+    ("optim.lr=fast", "optim.lr='fast' must be a number"),
+    ("seed=one", "seed='one' must be an integer"),
+    ("curriculum.segments=[1,two]", r"curriculum.segments=\[1, 'two'\] must be a list of integers"),
+])
+def test_values_of_the_wrong_type_fail_at_start_naming_the_key(fast_cfg, override, message):
+    with pytest.raises(TypeError, match=message):
         train(fast_cfg(override))
 
 
