@@ -12,7 +12,9 @@ limit; `scripts/slurm.sbatch`).
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
+from typing import NamedTuple
 
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -21,10 +23,13 @@ SIGTERM_EXIT_CODE = 143
 
 
 class RunLock:
-    """`run_dir/.lock` holding the pid of the run that writes the directory, for the duration of a `with`."""
+    """`run_dir/.lock` naming the run that writes the directory (pid, host, SLURM job), for the duration of a
+    `with`. A lock is stale when its process is gone from this host, or when it is this SLURM job's own from
+    before a requeue; a lock held on another host is respected, since its liveness cannot be seen from here."""
 
     def __init__(self, run_dir: Path):
         self.path = Path(run_dir) / ".lock"
+        self.holder = Holder(os.getpid(), socket.gethostname(), os.environ.get("SLURM_JOB_ID", "-"))
 
     def __enter__(self) -> RunLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -35,28 +40,41 @@ class RunLock:
                 raise PermissionError(f"{self.path.parent} is not writable: choose another hydra.run.dir") from None
             except FileExistsError:
                 holder = self._holder()
-                if holder is not None and _alive(holder):
+                if holder is not None and not self._stale(holder):
                     raise RuntimeError(
-                        f"{self.path.parent} is in use by a live run (pid {holder}, lock file {self.path}): wait for "
-                        "it to finish, stop it, or choose another hydra.run.dir"
+                        f"{self.path.parent} is in use by a live run (pid {holder.pid} on {holder.host}, lock file "
+                        f"{self.path}): wait for it to finish, stop it, or choose another hydra.run.dir; if that "
+                        "run is gone (its host went down), delete the lock file"
                     ) from None
-                # The holder is gone: its lock is stale. Removing and retrying the exclusive create lets exactly
-                # one of several starting runs win.
+                # Removing a stale lock and retrying the exclusive create lets exactly one of several starting runs
+                # take the directory.
                 self.path.unlink(missing_ok=True)
                 continue
             with os.fdopen(descriptor, "w") as file:
-                file.write(str(os.getpid()))
+                file.write(" ".join(map(str, self.holder)))
             return self
 
     def __exit__(self, *exc) -> None:
-        if self._holder() == os.getpid():
+        if self._holder() == self.holder:
             self.path.unlink(missing_ok=True)
 
-    def _holder(self) -> int | None:
+    def _holder(self) -> Holder | None:
         try:
-            return int(self.path.read_text().strip())
+            pid, host, job = self.path.read_text().split()
+            return Holder(int(pid), host, job)
         except (FileNotFoundError, ValueError):
             return None
+
+    def _stale(self, holder: Holder) -> bool:
+        if holder.host == self.holder.host:
+            return not _alive(holder.pid)
+        return holder.job != "-" and holder.job == self.holder.job
+
+
+class Holder(NamedTuple):
+    pid: int
+    host: str
+    job: str
 
 
 def _alive(pid: int) -> bool:

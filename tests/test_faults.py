@@ -4,6 +4,7 @@ and checkpoints that cannot run code."""
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -122,17 +123,27 @@ def test_resume_takes_the_newest_complete_checkpoint_and_drops_partial_saves(fas
 
 
 def test_a_second_live_run_in_one_directory_is_refused_and_a_dead_one_s_lock_taken_over(fast_cfg, tmp_path):
+    host = socket.gethostname()
     with RunLock(tmp_path):
-        assert (tmp_path / ".lock").read_text() == str(os.getpid())
-        with pytest.raises(RuntimeError, match=rf"in use by a live run \(pid {os.getpid()}"):
+        assert (tmp_path / ".lock").read_text().split()[:2] == [str(os.getpid()), host]
+        with pytest.raises(RuntimeError, match=rf"in use by a live run \(pid {os.getpid()} on {host}"):
             train(fast_cfg())
     assert not (tmp_path / ".lock").exists()
 
     dead = subprocess.Popen(["true"])
     dead.wait()
-    (tmp_path / ".lock").write_text(str(dead.pid))
+    (tmp_path / ".lock").write_text(f"{dead.pid} {host} -")
     with RunLock(tmp_path):
-        assert (tmp_path / ".lock").read_text() == str(os.getpid())
+        assert (tmp_path / ".lock").read_text().split()[0] == str(os.getpid())
+
+
+def test_a_lock_on_another_host_is_respected_unless_it_is_this_slurm_job_s_before_a_requeue(tmp_path, monkeypatch):
+    (tmp_path / ".lock").write_text("4242 node17 9001")
+    with pytest.raises(RuntimeError, match="pid 4242 on node17"):
+        RunLock(tmp_path).__enter__()
+    monkeypatch.setenv("SLURM_JOB_ID", "9001")
+    with RunLock(tmp_path):
+        assert (tmp_path / ".lock").read_text().split()[0] == str(os.getpid())
 
 
 @pytest.mark.slow

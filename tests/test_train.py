@@ -3,6 +3,7 @@
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -17,6 +18,7 @@ from memlm.module import MemoryLM
 from memlm.training import build, train
 from tests.conftest import FAST, REPO, SMALL_RMT, TINY_BERT, TINY_GPT2, compose_train
 from tests.heads import HEADS
+from tests.parameter_digest import digest_overrides, rank_digests
 
 
 def test_quick_run_reports_accuracy_per_segment_count(memorize_run):
@@ -147,12 +149,35 @@ def test_sigkill_then_resume_continues_and_matches_an_uninterrupted_run(backgrou
 
 
 @pytest.mark.slow
-def test_two_process_cpu_ddp_run_completes(background, tmp_path):
-    result = run_cli(f"data.background={background}", f"hydra.run.dir={tmp_path}", "trainer=ddp_cpu")
+def test_two_process_cpu_ddp_run_completes_with_equal_parameters_on_both_ranks(background, tmp_path):
+    result = run_cli(f"data.background={background}", f"hydra.run.dir={tmp_path}", "trainer=ddp_cpu",
+                     *digest_overrides(tmp_path))
     assert "world_size: 2" in result.stdout + result.stderr or "Initializing distributed" in result.stderr
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["global_step"] == 6
     assert set(summary["val_accuracy_by_segments"]) == {"1", "2"}
+    digests = rank_digests(tmp_path)
+    assert len(digests) == 2 and len(set(digests.values())) == 1
+
+
+@pytest.mark.slow
+def test_two_nodes_launched_by_torchrun_over_loopback_train_to_the_end_with_equal_parameters(background, tmp_path):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=1",
+                "--master-addr=127.0.0.1", f"--master-port={port}"]
+    train_args = train_command(f"data.background={background}", f"hydra.run.dir={tmp_path}", "trainer=ddp_cpu",
+                               "trainer.devices=1", "trainer.num_nodes=2", *digest_overrides(tmp_path))[1:]
+    nodes = [subprocess.Popen([*torchrun, f"--node-rank={rank}", *train_args], cwd=REPO, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+             for rank in (0, 1)]
+    outputs = [node.communicate(timeout=600)[0] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
+    assert json.loads((tmp_path / "summary.json").read_text())["global_step"] == 6
+    digests = rank_digests(tmp_path)
+    assert len(digests) == 2 and len(set(digests.values())) == 1
+    assert sorted(path.name for path in (tmp_path / "checkpoints").iterdir()) == ["last.ckpt", "step6.ckpt"]
 
 
 @pytest.mark.slow
