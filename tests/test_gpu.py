@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from memlm.checkpointing import load_checkpoint
 from memlm.training import train
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
@@ -28,3 +29,10 @@ def test_bf16_run_backpropagating_one_segment_at_a_time_finishes_with_finite_fig
 
 def test_ddp_run_on_one_gpu_finishes(fast_cfg, tmp_path):
     check_finished(train(fast_cfg("trainer=ddp", "trainer.devices=1")), tmp_path)
+
+
+def test_fsdp_run_on_one_gpu_finishes_and_writes_a_checkpoint_eval_reads(fast_cfg, tmp_path):
+    check_finished(train(fast_cfg("trainer=fsdp", "trainer.devices=1", "+trainer.strategy.auto_wrap_policy."
+                                  "min_num_params=1000")), tmp_path)
+    model, _ = load_checkpoint(str(tmp_path / "checkpoints" / "last.ckpt"))
+    assert all(torch.isfinite(p).all() for p in model.parameters())
