@@ -72,6 +72,8 @@ def check_config(cfg: DictConfig) -> None:
     plain = OmegaConf.to_container(cfg, resolve=True)
     if not isinstance(plain.get("seed"), int) or isinstance(plain["seed"], bool):
         raise TypeError(f"seed={plain.get('seed')!r} must be an integer")
+    if not conforms(plain.get("threads"), int | None):
+        raise TypeError(f"threads={plain.get('threads')!r} must be an integer or null")
     for group, consumer in GROUPS.items():
         node = plain[group]
         check_types(node, consumer or get_method(node["_target_"]), group)

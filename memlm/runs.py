@@ -1,4 +1,9 @@
-"""A run directory's lifecycle: one live run at a time, and a checkpoint before a scheduler's SIGTERM ends it.
+"""A run's place on its machine and in its directory: threads that fit the cores, one live run per directory, and
+a checkpoint before a scheduler's SIGTERM ends it.
+
+PyTorch gives every process as many intra-op threads as the machine has cores. Two DDP processes on one CPU then
+run twice as many threads as cores, and OpenMP's spinning waits make each 4-5 times slower: `fitting_threads`
+gives each process its share of the cores it may run on.
 
 Two runs writing one directory would overwrite each other's checkpoints and resume from each other's partial files,
 so `RunLock` refuses a second live run; a lock left by a process that no longer exists (killed, or on a node that
@@ -16,10 +21,32 @@ import socket
 from pathlib import Path
 from typing import NamedTuple
 
+import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 SIGTERM_EXIT_CODE = 143
+
+
+def fitting_threads(threads: int | None, accelerator: str, devices) -> int:
+    """`threads` if set, else OMP_NUM_THREADS if the environment sets it, else the cores this process may use
+    divided by the processes of the launch on this machine: torchrun's LOCAL_WORLD_SIZE, else the trainer's
+    `devices` (one process each; all GPUs for auto)."""
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"threads={threads} must be a positive number of threads, or null to fit the cores")
+        return threads
+    if os.environ.get("OMP_NUM_THREADS", "").isdecimal():
+        return max(1, int(os.environ["OMP_NUM_THREADS"]))
+    if "LOCAL_WORLD_SIZE" in os.environ:
+        local_processes = int(os.environ["LOCAL_WORLD_SIZE"])
+    elif isinstance(devices, int) and devices > 0:
+        local_processes = devices
+    elif accelerator != "cpu":
+        local_processes = max(1, torch.cuda.device_count())
+    else:
+        local_processes = 1
+    return max(1, len(os.sched_getaffinity(0)) // local_processes)
 
 
 class RunLock:

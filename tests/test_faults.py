@@ -14,7 +14,7 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from memlm.checkpointing import AtomicCheckpointIO, load_checkpoint, remove_partial_saves, resume_checkpoint
-from memlm.runs import SIGTERM_EXIT_CODE, RunLock
+from memlm.runs import SIGTERM_EXIT_CODE, RunLock, fitting_threads
 from memlm.training import build, train
 from tests.conftest import REPO, SMALL_RMT
 from tests.heads import HEADS
@@ -194,3 +194,32 @@ def test_a_backbone_that_is_neither_here_nor_on_the_hub_names_the_key(fast_cfg):
         train(fast_cfg(backbone=["backbone=hf", "backbone.name_or_path=models/nothing/here"]))
     with pytest.raises(OSError, match="backbone.tokenizer='no-such-tokenizer' is neither a model folder here"):
         train(fast_cfg("backbone.tokenizer=no-such-tokenizer"))
+
+
+@pytest.mark.parametrize("threads, accelerator, devices, env, expected", [
+    (None, "cpu", 1, {}, 8),
+    (None, "cpu", 2, {}, 4),  # trainer=ddp_cpu: two processes share the cores
+    (None, "cpu", 2, {"LOCAL_WORLD_SIZE": "8"}, 1),  # torchrun says how many share this machine
+    (None, "gpu", 4, {}, 2),
+    (None, "cpu", 16, {}, 1),
+    (3, "cpu", 2, {}, 3),
+    (None, "cpu", 2, {"OMP_NUM_THREADS": "3"}, 3),  # an explicit environment wins
+])
+def test_each_process_gets_its_share_of_the_cores(monkeypatch, threads, accelerator, devices, env, expected):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert fitting_threads(threads, accelerator, devices) == expected
+
+
+def test_a_run_sets_its_threads_and_refuses_an_impossible_count(fast_cfg):
+    with pytest.raises(ValueError, match="threads=0 must be a positive number"):
+        train(fast_cfg("threads=0"))
+    before = torch.get_num_threads()
+    try:
+        train(fast_cfg("threads=1"))
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
