@@ -17,6 +17,7 @@ HEADS = {
     "hmt": ["model=hmt", "model.sensory_tokens=2", "model.summary_tokens=3", "model.cache_size=4"],
     "lm2": ["model=lm2", "model.memory_slots=4"],
     "armt": ["model=armt", "model.num_mem_tokens=2", "model.d_mem=8", "model.nu=2"],
+    "lrmt": ["model=lrmt", "model.memory_size=2"],
 }
 """Head name (the stem of its `conf/model/*.yaml`) -> the Hydra overrides that select it at test size."""
 

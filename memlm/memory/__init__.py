@@ -5,6 +5,7 @@ from memlm.memory.base import MemoryHead, MemoryState, SegmentOutput
 from memlm.memory.baseline import Baseline
 from memlm.memory.hmt import HMT
 from memlm.memory.lm2 import LM2
+from memlm.memory.lrmt import LRMT
 from memlm.memory.rmt import RMT
 
-__all__ = ["ARMT", "HMT", "LM2", "Baseline", "MemoryHead", "MemoryState", "RMT", "SegmentOutput"]
+__all__ = ["ARMT", "HMT", "LM2", "LRMT", "Baseline", "MemoryHead", "MemoryState", "RMT", "SegmentOutput"]

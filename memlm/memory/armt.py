@@ -49,7 +49,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from memlm.backbones import Backbone
-from memlm.memory.base import MemoryHead, MemoryState, SegmentOutput, pad_mask
+from memlm.memory.base import MemoryHead, MemoryState, SegmentOutput, memory_layers, pad_mask
 
 EPS = 1e-5
 """Added to the normaliser of every read, so an empty memory (z = 0) reads 0 instead of 0/0."""
@@ -139,17 +139,10 @@ class ARMT(MemoryHead):
             raise ValueError(f"model.nu={nu} must be between 1 and model.d_mem - 1 = {d_mem - 1}")
         if write_penalty < 0:
             raise ValueError(f"model.write_penalty={write_penalty} must be zero or positive")
-        blocks = len(backbone.blocks)
-        chosen = list(range(blocks)) if layers is None else list(layers)
-        if not chosen:
-            raise ValueError("model.layers=[] gives no layer a memory: list block indices, or null for all")
-        if any(not 0 <= index < blocks for index in chosen) or len(set(chosen)) != len(chosen):
-            raise ValueError(f"model.layers={chosen} must be distinct block indices in 0..{blocks - 1} "
-                             f"(the backbone has {blocks} blocks)")
         self.num_mem_tokens = num_mem_tokens
         self.write_penalty = write_penalty
         self.d_key = 2 * nu * d_mem
-        self.layers = tuple(sorted(chosen))
+        self.layers = memory_layers(backbone, layers)
         self.slot_of_block = {block: slot for slot, block in enumerate(self.layers)}
         self.memory = self.embedding_scaled(num_mem_tokens, backbone.hidden_size)
         self.memories = nn.ModuleList(LayerMemory(backbone.hidden_size, d_mem, nu) for _ in self.layers)

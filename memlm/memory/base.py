@@ -8,6 +8,7 @@ detach it at the truncation point without knowing its shape.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,6 +71,19 @@ class MemoryHead(nn.Module):
                 f"{type(self).__name__}'s memory/special tokens needs {needed} positions, but the backbone has "
                 f"{self.backbone.max_positions}: lower data.segment_length or {self.size_key}"
             )
+
+
+def memory_layers(backbone: Backbone, layers: Sequence[int] | None) -> tuple[int, ...]:
+    """The block indices `model.layers` chooses, in order (None: every block); an error names the key when they
+    are not distinct indices of the backbone's blocks."""
+    blocks = len(backbone.blocks)
+    chosen = list(range(blocks)) if layers is None else list(layers)
+    if not chosen:
+        raise ValueError("model.layers=[] gives no layer a memory: list block indices, or null for all")
+    if any(not 0 <= index < blocks for index in chosen) or len(set(chosen)) != len(chosen):
+        raise ValueError(f"model.layers={chosen} must be distinct block indices in 0..{blocks - 1} "
+                         f"(the backbone has {blocks} blocks)")
+    return tuple(sorted(chosen))
 
 
 def frame_for_encoder(backbone: Backbone, inside: list[torch.Tensor], tokens: torch.Tensor) -> torch.Tensor:
