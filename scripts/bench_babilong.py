@@ -1,6 +1,6 @@
 """Every memory head against the no-memory baseline on BABILong: accuracy by task and length under the official rule.
 
-    python scripts/bench_babilong.py [--heads armt rmt lm2 hmt baseline] [--tasks qa1 qa2 qa3 qa4 qa5]
+    python scripts/bench_babilong.py [--heads armt rmt lm2 hmt lrmt baseline] [--tasks qa1 qa2 qa3 qa4 qa5]
                                      [--segments 1 2 4] [--steps-per-stage 300] [--segment-range upper_half]
                                      [--lengths 0k 1k 4k 16k] [--samples 100] [--reuse] [--overrides ...]
                                      [--out outputs/bench_babilong]
@@ -34,7 +34,7 @@ from memlm.evaluation.reports import TaskLengthReport  # noqa: E402
 from memlm.metrics import metric_name  # noqa: E402
 
 HEADS = {"armt": ["model=armt"], "rmt": ["model=rmt"], "lm2": ["model=lm2"], "hmt": ["model=hmt"],
-         "baseline": ["model=baseline"]}
+         "lrmt": ["model=lrmt"], "baseline": ["model=baseline"]}
 TASKS = ["qa1", "qa2", "qa3", "qa4", "qa5"]
 
 
