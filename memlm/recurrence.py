@@ -7,8 +7,9 @@ longest possible sample instead of the batch's own segment count.
 
 Constant memory: because a segment before the window sends no gradient backwards, its loss can be backpropagated
 as soon as it is computed and its graph freed. Only the window's graph is held, so training memory grows with the
-BPTT depth and not with the number of segments. `recompute=True` goes further and checkpoints each segment inside
-the window, keeping only the memory between segments and recomputing activations during backward.
+BPTT depth and not with the number of segments. The window's tokens are embedded in one lookup, for one embedding
+gradient per step. `recompute=True` goes further and checkpoints each segment inside the window, keeping only the
+memory between segments and recomputing activations during backward.
 """
 
 from __future__ import annotations
@@ -66,13 +67,15 @@ class Recurrence:
         state = head.initial_state(batch.size)
         total = torch.zeros((), dtype=torch.float32, device=batch.device)
         window_loss = None
+        window_embeddings = self.window_embeddings(head, batch, start) if backward is not None else None
         for k in range(batch.num_segments):
             segment = batch.segment(k)
             ids, mask = segment["input_ids"], segment["attention_mask"]
+            embeddings = window_embeddings[:, k - start] if window_embeddings is not None and k >= start else None
             if k >= start and self.recompute and torch.is_grad_enabled():
-                out = checkpoint(head, ids, mask, state, use_reentrant=False)
+                out = checkpoint(head, ids, mask, state, embeddings, use_reentrant=False)
             else:
-                out = head(ids, mask, state)
+                out = head(ids, mask, state, embeddings)
             loss = segment_loss(k, out, segment)
             state = out.state
             if k >= start:
@@ -92,3 +95,14 @@ class Recurrence:
                 window_loss = window_loss.detach()
             total = total + window_loss
         return total
+
+    @staticmethod
+    def window_embeddings(head: MemoryHead, batch: SegmentedBatch, start: int) -> torch.Tensor | None:
+        """The token embeddings of the BPTT window's segments, (batch, segments, segment_length, hidden), from one
+        lookup: the window has one backward, and one lookup gives it one embedding gradient instead of one per
+        segment (`MemoryHead.embed_tokens`). Segments before the window backpropagate on their own and look up
+        their own."""
+        if not torch.is_grad_enabled() or start >= batch.num_segments:
+            return None
+        ids = torch.stack([batch.segment(k)["input_ids"] for k in range(start, batch.num_segments)], dim=1)
+        return head.backbone.embed(ids)

@@ -59,14 +59,31 @@ def test_chunked_backward_gives_the_plain_gradients(depth, recompute):
         torch.testing.assert_close(chunked[name], plain[name], rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize("depth, lookups", [(-1, [(2, 6, SEGMENT)]), (2, [(2, 2, SEGMENT)] + [(2, SEGMENT)] * 4)])
+def test_training_embeds_the_window_in_one_lookup_and_earlier_segments_alone(depth, lookups):
+    head, batch = tiny_rmt(), make_batch(6)
+    shapes, embed = [], head.backbone.embed
+
+    def counted_embed(ids):
+        shapes.append(tuple(ids.shape))
+        return embed(ids)
+
+    head.backbone.embed = counted_embed
+    run(head, batch, Recurrence(depth), chunked=True)
+    assert sorted(shapes, key=len, reverse=True) == lookups
+    shapes.clear()
+    run(head, batch, Recurrence(depth), chunked=False)
+    assert shapes == [(2, SEGMENT)] * 6  # evaluation and one plain backward: one lookup per segment
+
+
 class StateSpy(RMT):
     """RMT that keeps the memory each segment receives, with its gradient."""
 
-    def forward(self, input_ids, attention_mask, state):
+    def forward(self, input_ids, attention_mask, state, token_embeddings=None):
         if state.requires_grad:
             state.retain_grad()
         self.received.append(state)
-        return super().forward(input_ids, attention_mask, state)
+        return super().forward(input_ids, attention_mask, state, token_embeddings)
 
 
 @pytest.mark.parametrize("depth, carries_gradient", [

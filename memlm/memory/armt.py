@@ -158,7 +158,8 @@ class ARMT(MemoryHead):
     def extra_positions(self) -> int:
         return self.num_mem_tokens
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, state: MemoryState) -> SegmentOutput:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, state: MemoryState,
+                token_embeddings: torch.Tensor | None = None) -> SegmentOutput:
         m = self.num_mem_tokens
         slot_of_block = self.slot_of_block
         memory_outputs: list[torch.Tensor | None] = [None] * len(self.layers)
@@ -173,7 +174,7 @@ class ARMT(MemoryHead):
             if index in slot_of_block:
                 memory_outputs[slot_of_block[index]] = hidden[:, -m:]
 
-        tokens = self.backbone.embed(input_ids)
+        tokens = self.embed_tokens(input_ids, token_embeddings)
         memory_tokens = self.memory.to(tokens.dtype).unsqueeze(0).expand(tokens.shape[0], -1, -1)
         with self.backbone.intercepting(before=add_read, after=keep_memory_outputs):
             hidden = self.backbone(torch.cat([tokens, memory_tokens], dim=1), pad_mask(attention_mask, 0, m))

@@ -14,8 +14,9 @@ class Baseline(MemoryHead):
     def extra_positions(self) -> int:
         return 0 if self.backbone.is_decoder else 2
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, state: MemoryState) -> SegmentOutput:
-        tokens = self.backbone.embed(input_ids)
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, state: MemoryState,
+                token_embeddings: torch.Tensor | None = None) -> SegmentOutput:
+        tokens = self.embed_tokens(input_ids, token_embeddings)
         if self.backbone.is_decoder:
             hidden = self.backbone(tokens, attention_mask)
             return SegmentOutput(hidden, hidden[:, -1], None)

@@ -90,8 +90,9 @@ class HMT(MemoryHead):
                 " (L): the sensory memory is the end of the previous segment"
             )
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, state: MemoryState) -> SegmentOutput:
-        tokens = self.backbone.embed(input_ids)
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, state: MemoryState,
+                token_embeddings: torch.Tensor | None = None) -> SegmentOutput:
+        tokens = self.embed_tokens(input_ids, token_embeddings)
         cache, recent = state["cache"], state["recent"]
         retrieved, weights = self._search(tokens, attention_mask, cache, recent)
         sensory = last_positions(recent, self.sensory_tokens)

@@ -85,7 +85,8 @@ class LM2(MemoryHead):
     def extra_positions(self) -> int:
         return 0  # memory lives beside attention, not in the sequence
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, state: MemoryState) -> SegmentOutput:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, state: MemoryState,
+                token_embeddings: torch.Tensor | None = None) -> SegmentOutput:
         block_inputs: list[torch.Tensor | None] = [None] * len(self.memories)
 
         def add_read(index: int, block_input: torch.Tensor, block_output: torch.Tensor) -> torch.Tensor:
@@ -93,7 +94,7 @@ class LM2(MemoryHead):
             return block_output + self.memories[index].read(block_input, state[:, index])
 
         with self.backbone.intercepting(after=add_read):
-            hidden = self.backbone(self.backbone.embed(input_ids), attention_mask)
+            hidden = self.backbone(self.embed_tokens(input_ids, token_embeddings), attention_mask)
         token_mask = attention_mask.bool()
         next_state = torch.stack(
             [memory.write(block_inputs[i], token_mask, state[:, i]) for i, memory in enumerate(self.memories)],

@@ -144,7 +144,8 @@ class LRMT(MemoryHead):
     def extra_positions(self) -> int:
         return 0  # memory lives beside attention, not in the sequence
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, state: MemoryState) -> SegmentOutput:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, state: MemoryState,
+                token_embeddings: torch.Tensor | None = None) -> SegmentOutput:
         slot_of_block = self.slot_of_block
         memories, valid = state["memories"], state["valid"]
         layer_states: list[torch.Tensor | None] = [None] * len(self.layers)
@@ -157,7 +158,7 @@ class LRMT(MemoryHead):
             return layer_states[slot]
 
         with self.backbone.intercepting(after=read):
-            hidden = self.backbone(self.backbone.embed(input_ids), attention_mask)
+            hidden = self.backbone(self.embed_tokens(input_ids, token_embeddings), attention_mask)
         vectors = torch.stack([pooled(states, attention_mask) for states in layer_states], dim=1)
         next_state = remember(state, vectors, attention_mask.bool().any(dim=1))
         return SegmentOutput(hidden, hidden[:, -1], next_state)

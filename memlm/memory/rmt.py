@@ -70,9 +70,10 @@ class RMT(MemoryHead):
         m = self.num_mem_tokens
         return 2 * m if self.backbone.is_decoder else m + 3
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, state: MemoryState) -> SegmentOutput:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, state: MemoryState,
+                token_embeddings: torch.Tensor | None = None) -> SegmentOutput:
         m = self.num_mem_tokens
-        tokens = self.backbone.embed(input_ids)
+        tokens = self.embed_tokens(input_ids, token_embeddings)
         if self.backbone.is_decoder:
             hidden = self.backbone(torch.cat([state, tokens, state], dim=1), pad_mask(attention_mask, m, m))
             token_states = hidden[:, m:-m]
