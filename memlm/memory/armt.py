@@ -32,10 +32,6 @@ Where memlm departs from the authors' code, and why:
   z is a running sum over every segment that every read divides by, and in bfloat16 (8 significant bits) an entry
   past 256 no longer moves for an increment below 1.
 - One memory head per layer (the authors' default); `layers` chooses which layers carry memory (the authors: all).
-- `write_penalty` (memlm's, 0 by default): the mean write strength β of every segment, times this weight, joins
-  the training loss, as RMT's write penalty does for its gate. Every segment writes, and the delta rule moves the
-  value of every stored key that overlaps the new one (DPFP features are non-negative, so keys always overlap);
-  a price on β teaches the memory tokens to write little where the text holds nothing to keep.
 - Generation re-reads its open segment without committing it, so a segment is written once, when it is complete
   (`memlm.generation`); the authors switch writing off with a mode flag instead.
 """
@@ -107,24 +103,22 @@ class LayerMemory(nn.Module):
             return hidden + recall(matrix, normaliser, queries).to(hidden.dtype)
 
     def write(self, memory_states: torch.Tensor, matrix: torch.Tensor,
-              normaliser: torch.Tensor) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
-        """(A, z) after the memory tokens' states (batch, m, d) are written by the delta rule, and the write
-        strengths β (batch, m, 1)."""
+              normaliser: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(A, z) after the memory tokens' states (batch, m, d) are written by the delta rule."""
         with torch.autocast(memory_states.device.type, enabled=False):
             states = memory_states.to(self.key.weight.dtype)
             keys = self.features(self.key(states))
             values = self.value(states).float()
             betas = torch.sigmoid(self.strength(states)).float()
-            return associate(matrix, normaliser, keys, values, betas), betas
+            return associate(matrix, normaliser, keys, values, betas)
 
 
 class ARMT(MemoryHead):
     size_key = "model.num_mem_tokens"
 
     def __init__(self, backbone: Backbone, num_mem_tokens: int = 4, d_mem: int = 32, nu: int = 3,
-                 layers: Sequence[int] | None = None, write_penalty: float = 0.0):
-        """`layers`: the indices of the blocks that carry memory; None: all of them. `write_penalty`: weight of
-        the mean write strength β in the training loss (0: the paper's ARMT)."""
+                 layers: Sequence[int] | None = None):
+        """`layers`: the indices of the blocks that carry memory; None: all of them."""
         super().__init__(backbone)
         if not backbone.is_decoder:
             raise ValueError("model=armt needs a decoder backbone (backbone.kind=causal): its memory tokens follow "
@@ -137,10 +131,7 @@ class ARMT(MemoryHead):
         if not 1 <= nu < d_mem:
             # Rolled by d_mem places, relu(x_i) meets relu(-x_i): their product is always zero.
             raise ValueError(f"model.nu={nu} must be between 1 and model.d_mem - 1 = {d_mem - 1}")
-        if write_penalty < 0:
-            raise ValueError(f"model.write_penalty={write_penalty} must be zero or positive")
         self.num_mem_tokens = num_mem_tokens
-        self.write_penalty = write_penalty
         self.d_key = 2 * nu * d_mem
         self.layers = memory_layers(backbone, layers)
         self.slot_of_block = {block: slot for slot, block in enumerate(self.layers)}
@@ -178,10 +169,6 @@ class ARMT(MemoryHead):
         memory_tokens = self.memory.to(tokens.dtype).unsqueeze(0).expand(tokens.shape[0], -1, -1)
         with self.backbone.intercepting(before=add_read, after=keep_memory_outputs):
             hidden = self.backbone(torch.cat([tokens, memory_tokens], dim=1), pad_mask(attention_mask, 0, m))
-        written = [memory.write(memory_outputs[i], *state[i]) for i, memory in enumerate(self.memories)]
-        next_state = tuple(pair for pair, _ in written)
-        penalty = None
-        if self.write_penalty:
-            penalty = self.write_penalty * torch.stack([betas.mean() for _, betas in written]).mean()
+        next_state = tuple(memory.write(memory_outputs[i], *state[i]) for i, memory in enumerate(self.memories))
         token_states = hidden[:, :-m]
-        return SegmentOutput(token_states, token_states[:, -1], next_state, penalty=penalty)
+        return SegmentOutput(token_states, token_states[:, -1], next_state)
