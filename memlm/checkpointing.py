@@ -26,7 +26,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from omegaconf import DictConfig, OmegaConf
 
 from memlm.curriculum import SegmentCurriculum
-from memlm.module import MemoryLM
+from memlm.module import MemoryLM, non_finite_tensors
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -105,8 +105,7 @@ def check_targets(hparams: Any, path: str, where: str = "hyper_parameters") -> N
 
 def check_finite(state_dict: dict[str, torch.Tensor], path: str) -> None:
     """Refuse weights that hold NaN or infinity: every figure computed from them would be meaningless."""
-    broken = [name for name, tensor in state_dict.items()
-              if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
+    broken = non_finite_tensors(state_dict)
     if broken:
         raise ValueError(f"{path}: {len(broken)} weight tensors hold NaN or infinity ({', '.join(broken[:3])}, ...): "
                          "the run diverged before this checkpoint was written; use an earlier checkpoint")

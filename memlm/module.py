@@ -137,8 +137,7 @@ class MemoryLM(L.LightningModule):
                 self.log(f"val/{name}", value.float(), prog_bar=name == headline)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        broken = [name for name, tensor in self.state_dict().items()
-                  if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
+        broken = non_finite_tensors(self.state_dict())
         if broken:
             raise FloatingPointError(f"step {self.global_step}: {len(broken)} weight tensors hold NaN or infinity "
                                      f"({', '.join(broken[:3])}, ...); refusing to write them over a good checkpoint")
@@ -157,3 +156,9 @@ class MemoryLM(L.LightningModule):
             num_training_steps=max(self.trainer.max_steps, 1),
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def non_finite_tensors(state_dict: dict[str, torch.Tensor]) -> list[str]:
+    """The names of the floating-point tensors that hold NaN or infinity."""
+    return [name for name, tensor in state_dict.items()
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]

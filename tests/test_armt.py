@@ -250,14 +250,6 @@ def test_bad_settings_name_the_key(backbone, override, message):
         instantiate(config, backbone=backbone)
 
 
-def test_an_encoder_backbone_is_refused():
-    encoder = load_backbone(kind="encoder", tokenizer="gpt2-tokenizer", tiny={
-        "model_type": "bert", "num_hidden_layers": 1, "hidden_size": D, "num_attention_heads": 2,
-        "intermediate_size": 64})
-    with pytest.raises(ValueError, match="model=armt needs a decoder backbone"):
-        ARMT(encoder)
-
-
 def test_the_configured_defaults_build_on_the_default_backbone():
     config = compose_train(["model=armt"])
     head = instantiate(config.model, backbone=instantiate(config.backbone))

@@ -2,13 +2,14 @@
 
 import pytest
 import torch
+from hydra.errors import InstantiationException
 
 from memlm.backbones import load_backbone
 from memlm.data.base import IGNORE, WholeBatch
 from memlm.memory import RMT, Baseline
 from memlm.training import build
 from tests.conftest import CONF
-from tests.heads import HEADS
+from tests.heads import HEADS, build_head
 
 SEGMENT = 12
 
@@ -177,3 +178,12 @@ def test_a_switched_write_keeps_the_memory_bit_for_bit_or_replaces_it_and_learns
 def test_an_unknown_write_names_the_key():
     with pytest.raises(ValueError, match="model.write='append'"):
         RMT(tiny("causal"), num_mem_tokens=2, write="append")
+
+
+@pytest.mark.parametrize("name", ["armt", "lrmt"])
+def test_heads_that_write_from_causal_states_refuse_an_encoder_backbone(name):
+    encoder = load_backbone(kind="encoder", tokenizer="gpt2-tokenizer", tiny={
+        "model_type": "bert", "num_hidden_layers": 1, "hidden_size": 32, "num_attention_heads": 2,
+        "intermediate_size": 64})
+    with pytest.raises(InstantiationException, match=f"model={name} needs a decoder backbone"):
+        build_head(name, encoder)
