@@ -87,8 +87,8 @@ def check_config(cfg: DictConfig) -> None:
 
 def check_types(node: dict, consumer: Callable, prefix: str) -> None:
     """Check each key of `node` against the annotation of the parameter of `consumer` it sets."""
-    signature = inspect.signature(consumer.__init__ if isinstance(consumer, type) else consumer)
-    hints = typing.get_type_hints(consumer.__init__ if isinstance(consumer, type) else consumer)
+    function = consumer.__init__ if isinstance(consumer, type) else consumer
+    signature, hints = inspect.signature(function), typing.get_type_hints(function)
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.parameters.values())
     name = getattr(consumer, "__qualname__", str(consumer))
     for key, value in node.items():

@@ -5,6 +5,7 @@ A new head needs one row here, and `tests/test_heads.py` fails until it has one;
 use (6 tokens): HMT's summary reads at most a segment (j <= L) and its sensory memory is shorter than one (k < L).
 """
 
+import torch
 from hydra.utils import instantiate
 
 from memlm.backbones import Backbone
@@ -26,3 +27,15 @@ def build_head(name: str, backbone: Backbone, *overrides: str) -> MemoryHead:
     """The head `name` on `backbone`, built from the composed config as training builds it, so a test runs what
     `model=<name>` runs; `overrides` come after the row's and win."""
     return instantiate(compose_train([*HEADS[name], *overrides]).model, backbone=backbone)
+
+
+def unroll(head: MemoryHead, ids: torch.Tensor, mask: torch.Tensor | None = None, state=None) -> list:
+    """The head's outputs over (batch, segments, length) ids, segment by segment from `state` (default: its
+    initial state); `mask` defaults to every token."""
+    state = head.initial_state(ids.shape[0]) if state is None else state
+    mask = torch.ones_like(ids) if mask is None else mask
+    outputs = []
+    for k in range(ids.shape[1]):
+        outputs.append(head(ids[:, k], mask[:, k], state))
+        state = outputs[-1].state
+    return outputs

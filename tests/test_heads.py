@@ -187,3 +187,16 @@ def test_heads_that_write_from_causal_states_refuse_an_encoder_backbone(name):
         "intermediate_size": 64})
     with pytest.raises(InstantiationException, match=f"model={name} needs a decoder backbone"):
         build_head(name, encoder)
+
+
+@pytest.mark.parametrize("name", ["armt", "lrmt"])
+@pytest.mark.parametrize("layers, message", [
+    ("[2]", r"model.layers=\[2\] must be distinct block indices in 0..1"),
+    ("[0,0]", r"model.layers=\[0, 0\]"),
+    ("[]", r"model.layers=\[\]"),
+])
+def test_heads_with_per_layer_memory_refuse_layers_the_backbone_lacks(name, layers, message):
+    backbone = load_backbone(kind="causal", tokenizer="gpt2-tokenizer", tiny={
+        "model_type": "gpt2", "n_layer": 2, "n_embd": 32, "n_head": 2, "n_positions": 64})
+    with pytest.raises(InstantiationException, match=message):
+        build_head(name, backbone, f"model.layers={layers}")

@@ -5,6 +5,7 @@ import torch
 
 from memlm.backbones import load_backbone
 from memlm.memory import HMT
+from tests.heads import unroll
 
 SEGMENT, D = 16, 32
 
@@ -24,15 +25,6 @@ def hmt(backbone, **kwargs) -> HMT:
 
 def segments(count: int, batch: int = 2) -> torch.Tensor:
     return torch.randint(1000, 20000, (batch, count, SEGMENT), generator=torch.Generator().manual_seed(2))
-
-
-def unroll(head, ids):
-    state, outputs = head.initial_state(ids.shape[0]), []
-    mask = torch.ones_like(ids[:, 0])
-    for k in range(ids.shape[1]):
-        outputs.append(head(ids[:, k], mask, state))
-        state = outputs[-1].state
-    return outputs
 
 
 def test_cache_keeps_the_last_n_memory_embeddings(backbone):

@@ -5,6 +5,7 @@ import torch
 
 from memlm.backbones import load_backbone
 from memlm.memory import LM2
+from tests.heads import unroll
 
 D = 32
 
@@ -14,15 +15,6 @@ def backbone():
     torch.manual_seed(0)
     size = {"model_type": "gpt2", "n_layer": 2, "n_embd": D, "n_head": 2, "n_positions": 128}
     return load_backbone(kind="causal", tokenizer="gpt2-tokenizer", tiny=size)
-
-
-def unroll(head, ids, mask=None):
-    state, outputs = head.initial_state(ids.shape[0]), []
-    mask = torch.ones_like(ids) if mask is None else mask
-    for k in range(ids.shape[1]):
-        outputs.append(head(ids[:, k], mask[:, k], state))
-        state = outputs[-1].state
-    return outputs
 
 
 def test_sixteen_slots_with_segments_of_64_tokens_train_every_part(backbone):
