@@ -62,7 +62,7 @@ def evaluated(run_dir: Path, task: str, args: argparse.Namespace) -> tuple[dict[
         f"babilong.lengths=[{','.join(args.lengths)}]",
         f"samples={args.samples}",
         f"out_dir={run_dir / 'eval'}",
-        "accelerator=cpu",
+        f"accelerator={args.accelerator}",
         f"precision={args.precision}",
     ]))
     return report.accuracy[task], time.perf_counter() - started
@@ -93,6 +93,7 @@ def main() -> None:
     parser.add_argument("--segment-range", default="upper_half", help="curriculum.segment_range of every run")
     parser.add_argument("--lengths", nargs="+", default=["0k", "1k", "4k", "16k"])
     parser.add_argument("--samples", type=int, default=100)
+    parser.add_argument("--accelerator", default="cpu", help="eval.py's accelerator (the training's: --overrides)")
     parser.add_argument("--precision", default="32-true", help="eval.py's precision (bf16-mixed: bf16 autocast)")
     parser.add_argument("--reuse", action="store_true", help="evaluate the checkpoints already under --out")
     parser.add_argument("--overrides", nargs="*", default=[], help="extra train.py overrides for every run")

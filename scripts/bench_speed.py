@@ -1,0 +1,192 @@
+"""Training and evaluation speed of memlm's heads, against the machine's own matmul.
+
+    python scripts/bench_speed.py [--size default|gpt2-small] [--heads rmt armt lm2 baseline] [--segments 8]
+                                  [--batch-size 8] [--steps 5] [--precision bf16-mixed|32-true]
+                                  [--memory-segments 4 16 64] [--bptt-depth 2] [--device cuda|cpu] [--out DIR]
+
+For each head, the median seconds of a training step (forward, chunked backward, AdamW) over --steps timed steps
+after two warm-up steps, on one fixed memorize batch of --batch-size samples of --segments segments; from it tokens/s
+and model FLOP/s. FLOPs are `memlm.flops`' count of the backbone's windows (dense attention, as torch's counter
+counts it; the heads' own read/write arithmetic left out), forward plus twice that for backward. MFU is that FLOP/s
+over the FLOP/s of one large matmul measured in the same run (the machine's reachable peak), and, on a GPU whose
+nominal dense bf16 peak is known, over that too. Then the peak memory of a training step at --memory-segments with
+`recurrence.bptt_depth=--bptt-depth` (GPU only: torch's allocator peak), which truncated BPTT keeps flat in the
+segment count. Steps of the heads run interleaved (round-robin), so a change in the machine's load hits all alike.
+
+--size gpt2-small: a random-init GPT-2-small-sized backbone (12 layers, d=768, 12 heads, 1,024 positions) with
+512-token segments, the size of the RMT paper's GPT-2 runs; default: the embedded default config. Prints a table,
+writes bench_speed.json under --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+from benchmarking import composed, machine  # noqa: E402
+
+from memlm.flops import backward_flops, memory_model_flops, transformer_shape  # noqa: E402
+from memlm.training import build  # noqa: E402
+
+SIZES = {
+    "default": [],
+    "gpt2-small": ["backbone.tiny.n_layer=12", "backbone.tiny.n_embd=768", "backbone.tiny.n_head=12",
+                   "backbone.tiny.n_positions=1024", "data.segment_length=512"],
+}
+HEAD_OVERRIDES = {"rmt": ["model=rmt"], "armt": ["model=armt"], "lm2": ["model=lm2"], "hmt": ["model=hmt"],
+                  "lrmt": ["model=lrmt"], "baseline": ["model=baseline"]}
+NOMINAL_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
+"""Dense bf16 tensor-core peaks from NVIDIA's data sheets (SXM parts), by a name the device reports."""
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_tflops(device: torch.device, dtype: torch.dtype, size: int, repeats: int = 5) -> float:
+    """The median TFLOP/s of a size x size x size matmul: the peak this machine reaches in practice."""
+    a, b = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))
+    a @ b
+    times = []
+    for _ in range(repeats):
+        synchronize(device)
+        started = time.perf_counter()
+        a @ b
+        synchronize(device)
+        times.append(time.perf_counter() - started)
+    return 2 * size**3 / statistics.median(times) / 1e12
+
+
+class Contestant:
+    """One head's model, optimiser and fixed batch, stepped on demand."""
+
+    def __init__(self, name: str, overrides: list[str], batch_size: int, segments: int, device: torch.device,
+                 precision: str):
+        cfg = composed("train", [*overrides, f"data.batch_size={batch_size}", f"curriculum.segments=[{segments}]",
+                                  "run_dir=unused"])
+        datamodule, model = build(cfg)
+        self.name, self.device, self.segments = name, device, segments
+        self.model = model.to(device).train()
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4)
+        samples = datamodule.samples("validation", segments, batch_size)
+        batch = next(iter(datamodule.loader(samples)))
+        self.batch = {key: value.to(device) for key, value in batch.items()}
+        self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16-mixed")
+        head = self.model.head
+        shape = transformer_shape(head.backbone.model.config)
+        self.tokens = batch_size * segments * datamodule.segment_length
+        scored = int((self.batch["labels"] != -100).sum()) if "labels" in self.batch else 0
+        forward = batch_size * memory_model_flops(shape, segments * datamodule.segment_length,
+                                                  datamodule.segment_length, head.extra_positions(), 0)
+        forward += 2 * scored * shape.hidden * shape.vocab
+        self.flops = forward + backward_flops(forward)
+        self.times: list[float] = []
+
+    def step(self) -> float:
+        self.optimizer.zero_grad(set_to_none=True)
+        synchronize(self.device)
+        started = time.perf_counter()
+        with self.autocast:
+            loss, _ = self.model.unroll(self.batch, backward=torch.Tensor.backward)
+        self.optimizer.step()
+        synchronize(self.device)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"{self.name}: the training loss is {loss.item()}")
+        return time.perf_counter() - started
+
+
+def training_rows(args, device: torch.device, peak: float, nominal: float | None) -> list[dict]:
+    contestants = [Contestant(name, [*SIZES[args.size], *HEAD_OVERRIDES[name]], args.batch_size, args.segments,
+                              device, args.precision) for name in args.heads]
+    for _ in range(2):
+        for contestant in contestants:
+            contestant.step()
+    for _ in range(args.steps):
+        for contestant in contestants:
+            contestant.times.append(contestant.step())
+    baseline = next((c for c in contestants if c.name == "baseline"), None)
+    rows = []
+    for contestant in contestants:
+        seconds = statistics.median(contestant.times)
+        tflops = contestant.flops / seconds / 1e12
+        rows.append({
+            "head": contestant.name, "step_s": seconds, "spread": max(contestant.times) / min(contestant.times),
+            "tokens_per_s": contestant.tokens / seconds, "model_tflops": tflops, "mfu_vs_matmul": tflops / peak,
+            "mfu_vs_nominal": tflops / nominal if nominal else None,
+            "vs_baseline": seconds / statistics.median(baseline.times) if baseline else None,
+        })
+    return rows
+
+
+def memory_rows(args, device: torch.device) -> list[dict]:
+    rows = []
+    for segments in args.memory_segments:
+        contestant = Contestant("rmt", [*SIZES[args.size], "model=rmt", f"recurrence.bptt_depth={args.bptt_depth}"],
+                                args.batch_size, segments, device, args.precision)
+        contestant.step()
+        torch.cuda.reset_peak_memory_stats(device)
+        seconds = contestant.step()
+        rows.append({"segments": segments, "bptt_depth": args.bptt_depth, "step_s": seconds,
+                     "peak_gib": torch.cuda.max_memory_allocated(device) / 2**30})
+        del contestant
+        torch.cuda.empty_cache()
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", choices=sorted(SIZES), default="default")
+    parser.add_argument("--heads", nargs="+", choices=sorted(HEAD_OVERRIDES), default=["rmt", "baseline"])
+    parser.add_argument("--segments", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--precision", choices=["bf16-mixed", "32-true"], default="32-true")
+    parser.add_argument("--memory-segments", type=int, nargs="*", default=[4, 16, 64])
+    parser.add_argument("--bptt-depth", type=int, default=2)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--out", type=Path, default=Path("outputs/bench_speed"))
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    bf16 = args.precision == "bf16-mixed"
+    on_gpu = device.type == "cuda"
+    peak = matmul_tflops(device, torch.bfloat16 if bf16 else torch.float32, 8192 if on_gpu else 2048)
+    name = torch.cuda.get_device_name(device) if on_gpu else "cpu"
+    nominal = next((value for key, value in NOMINAL_BF16_TFLOPS.items() if key in name), None) if bf16 else None
+    print(f"{name}: {args.precision} matmul {peak:.1f} TFLOP/s" + (f" (nominal {nominal:.0f})" if nominal else ""))
+
+    training = training_rows(args, device, peak, nominal)
+    print(f"\ntraining step, {args.size}, {args.batch_size} x {args.segments} segments, median of {args.steps}")
+    print(f"{'head':<9} {'step s':>8} {'spread':>7} {'tokens/s':>10} {'TFLOP/s':>8} {'MFU mm':>7} {'MFU nom':>8} "
+          f"{'x base':>7}")
+    for row in training:
+        nominal_mfu = f"{row['mfu_vs_nominal']:.3f}" if row["mfu_vs_nominal"] else "-"
+        ratio = f"{row['vs_baseline']:.2f}" if row["vs_baseline"] else "-"
+        print(f"{row['head']:<9} {row['step_s']:>8.3f} {row['spread']:>7.2f} {row['tokens_per_s']:>10.0f} "
+              f"{row['model_tflops']:>8.2f} {row['mfu_vs_matmul']:>7.3f} {nominal_mfu:>8} {ratio:>7}")
+
+    memory = memory_rows(args, device) if on_gpu and args.memory_segments else []
+    if memory:
+        print(f"\npeak memory of a training step, rmt, bptt_depth={args.bptt_depth}")
+        for row in memory:
+            print(f"{row['segments']:>5} segments: {row['peak_gib']:.2f} GiB, step {row['step_s']:.3f} s")
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    config = {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()}
+    result = {"machine": {**machine(), "device": name}, "config": config, "matmul_tflops": peak,
+              "nominal_tflops": nominal, "training": training, "memory": memory, "size_overrides": SIZES[args.size]}
+    path = args.out / "bench_speed.json"
+    path.write_text(json.dumps(result, indent=2))
+    print(f"\nwritten: {path}")
+
+
+if __name__ == "__main__":
+    main()
