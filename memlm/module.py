@@ -23,6 +23,7 @@ from memlm.data.base import SegmentedBatch, segmented
 from memlm.metrics import metric_name
 from memlm.objectives import build_objective
 from memlm.recurrence import Recurrence
+from memlm.sharding import release, shard
 
 
 class MemoryLM(L.LightningModule):
@@ -53,10 +54,23 @@ class MemoryLM(L.LightningModule):
     def tokenizer(self):
         return self.head.backbone.tokenizer
 
+    def forward(self, batch: dict | SegmentedBatch, backward=None):
+        """`unroll_with_penalty` as the module's call: under `trainer=fsdp` the sharded outer unit gathers its
+        weights around a call, and the segment loop (its backward calls included) runs inside it."""
+        try:
+            return self.unroll_with_penalty(batch, backward)
+        finally:
+            release(self)
+
+    def configure_model(self) -> None:
+        # Lightning calls this after making the device mesh: only the sharded strategy has one (memlm.sharding).
+        if self.device_mesh is not None:
+            shard(self, self.head.backbone.blocks, self.device_mesh["data_parallel"])
+
     def unroll(self, batch: dict | SegmentedBatch, backward=None):
         """Run all of a batch's segments (a collated dict, or a `SegmentedBatch`); return the loss that is
         optimised and the objective's tally of the batch."""
-        loss, tally, _ = self.unroll_with_penalty(batch, backward)
+        loss, tally, _ = self(batch, backward)
         return loss, tally
 
     def unroll_with_penalty(self, batch: dict | SegmentedBatch, backward=None):
@@ -82,7 +96,7 @@ class MemoryLM(L.LightningModule):
         optimizer = self.optimizers()
         optimizer.zero_grad()
         batch = segmented(batch)
-        loss, tally, penalty = self.unroll_with_penalty(batch, backward=self.manual_backward)
+        loss, tally, penalty = self(batch, backward=self.manual_backward)
         grad_norm = torch.nn.utils.get_total_norm([p.grad for p in self.parameters() if p.grad is not None])
         # A loss scaler (16-mixed) makes infinite gradients on purpose and skips those steps itself.
         scaled = getattr(self.trainer.precision_plugin, "scaler", None) is not None

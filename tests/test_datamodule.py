@@ -86,3 +86,16 @@ def test_a_fixed_count_streams_the_samples_it_streamed_before_ranges_existed(tok
     rng = random.Random("s/worker0")
     for _ in range(6):
         assert torch.equal(next(stream)["input_ids"], builder.build(rng, 2)["input_ids"])
+
+
+def test_every_rank_draws_the_same_segment_counts_from_its_own_samples(tokenizer, background):
+    # Ranks running different counts in a step would wait on each other's collectives for ever (DDP, FSDP).
+    batches = {}
+    for rank in (0, 1):
+        module = datamodule(tokenizer, background)
+        module.num_segments, module.fewest_segments = 4, 1
+        module.trainer = SimpleNamespace(global_rank=rank, current_epoch=0)
+        batches[rank] = [batch["input_ids"] for batch, _ in zip(module.train_dataloader(), range(16), strict=False)]
+    assert [ids.shape[1] for ids in batches[0]] == [ids.shape[1] for ids in batches[1]]
+    assert len({ids.shape[1] for ids in batches[0]}) > 1
+    assert not torch.equal(batches[0][0], batches[1][0])

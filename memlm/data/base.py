@@ -134,10 +134,13 @@ class SampleStream(IterableDataset):
     `num_segments` (ARMT's varied lengths; with both equal, every sample has `num_segments`). A loader batches an
     iterable dataset in runs of `batch_size` from each worker's own stream, so each batch is one draw. The counts
     come from their own generator, so a fixed count leaves the samples exactly what they are without variation.
+    Its seed is `counts_seed` (default: `seed`): the training loader gives every process of a launch the same one,
+    so all run the same number of segments in a step and their collectives pair up (DDP's all-reduce after each
+    backward chunk, FSDP's weight gathers at each block call; with different counts they wait on each other forever).
     """
 
     def __init__(self, maker: SampleMaker, num_segments: int, seed: str, batch_size: int = 1,
-                 fewest_segments: int | None = None):
+                 fewest_segments: int | None = None, counts_seed: str | None = None):
         fewest_segments = num_segments if fewest_segments is None else fewest_segments
         if not 1 <= fewest_segments <= num_segments:
             raise ValueError(f"segment counts from {fewest_segments} to {num_segments}: need 1 <= fewest <= most")
@@ -146,11 +149,12 @@ class SampleStream(IterableDataset):
         self.fewest_segments = fewest_segments
         self.batch_size = batch_size
         self.seed = seed
+        self.counts_seed = seed if counts_seed is None else counts_seed
 
     def __iter__(self):
         worker = get_worker_info()
-        seed = f"{self.seed}/worker{worker.id if worker else 0}"
-        rng, counts = random.Random(seed), random.Random(f"{seed}/counts")
+        worker_id = f"worker{worker.id if worker else 0}"
+        rng, counts = random.Random(f"{self.seed}/{worker_id}"), random.Random(f"{self.counts_seed}/{worker_id}/counts")
         while True:
             n = counts.randint(self.fewest_segments, self.num_segments)
             for _ in range(self.batch_size):
@@ -239,8 +243,9 @@ class MemoryDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         trainer = self.trainer
-        seed = f"{self.seed}/train/rank{trainer.global_rank}/epoch{trainer.current_epoch}/{self.num_segments}seg"
-        stream = SampleStream(self.training_maker(), self.num_segments, seed, self.batch_size, self.fewest_segments)
+        stage = f"epoch{trainer.current_epoch}/{self.num_segments}seg"
+        stream = SampleStream(self.training_maker(), self.num_segments, f"{self.seed}/train/rank{trainer.global_rank}/"
+                              f"{stage}", self.batch_size, self.fewest_segments, f"{self.seed}/train/{stage}")
         return self.loader(stream)
 
     def loader(self, samples: Dataset) -> DataLoader:
