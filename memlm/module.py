@@ -14,6 +14,8 @@ rebuilds its model with `MemoryLM.load_from_checkpoint(path)` and opens with `to
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import lightning as L
 import torch
 from hydra.utils import instantiate
@@ -89,7 +91,10 @@ class MemoryLM(L.LightningModule):
             penalties = penalties + penalty.detach()
             return penalty if loss is None else loss + penalty
 
-        loss = self.recurrence.run(self.head, batch, segment_loss, backward)
+        # Under DDP every backward but the step's last skips the all-reduce (`Recurrence.run`).
+        strategy = self._trainer.strategy if self._trainer is not None else None
+        accumulate = getattr(strategy, "block_backward_sync", nullcontext)
+        loss = self.recurrence.run(self.head, batch, segment_loss, backward, accumulate)
         return loss, tally, penalties
 
     def training_step(self, batch: dict, batch_idx: int) -> None:

@@ -10,11 +10,18 @@ as soon as it is computed and its graph freed. Only the window's graph is held, 
 BPTT depth and not with the number of segments. The window's tokens are embedded in one lookup, for one embedding
 gradient per step. `recompute=True` goes further and checkpoints each segment inside the window, keeping only the
 memory between segments and recomputing activations during backward.
+
+One gradient synchronisation per step: under data parallelism every backward call would all-reduce the gradients,
+once per chunk. Every backward call but the step's last runs inside `accumulate` (the strategy's no-sync context),
+so the gradients are summed locally and synchronised once, by the last. Which call is the last is only known at the
+end (a window without a loss makes the last pre-window chunk the last), so each pre-window loss waits for the next
+before its backward: one more segment's graph held, still constant in the number of segments.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -56,17 +63,19 @@ class Recurrence:
         batch: SegmentedBatch,
         segment_loss: SegmentLoss,
         backward: Callable[[torch.Tensor], None] | None = None,
+        accumulate: Callable[[], AbstractContextManager] = nullcontext,
     ) -> torch.Tensor:
         """Unroll the head over a batch's segments, read one at a time, and return the summed loss.
 
         Without `backward` the loss keeps its whole graph (evaluation, or one plain backward by the caller). With
         `backward` (training), gradients are computed chunk by chunk as described above and the returned loss is
-        detached: the gradients are already in the parameters' `.grad`.
+        detached: the gradients are already in the parameters' `.grad`. Every backward call but the last runs
+        inside `accumulate()`.
         """
         start = self.window_start(batch.num_segments)
         state = head.initial_state(batch.size)
         total = torch.zeros((), dtype=torch.float32, device=batch.device)
-        window_loss = None
+        window_loss = waiting = None
         window_embeddings = self.window_embeddings(head, batch, start) if backward is not None else None
         for k in range(batch.num_segments):
             segment = batch.segment(k)
@@ -82,18 +91,21 @@ class Recurrence:
                 if loss is not None:
                     window_loss = loss if window_loss is None else window_loss + loss
                 continue
-            # Before the window nothing flows back into this segment from later ones: its graph can go now.
+            # Before the window nothing flows back into this segment from later ones: its graph goes with the
+            # backward of its loss (at the next pre-window loss, or at the end).
             state = detach_state(state)
             if loss is not None:
                 if backward is not None:
-                    backward(loss)
-                    loss = loss.detach()
+                    if waiting is not None:
+                        with accumulate():
+                            backward(waiting)
+                    waiting, loss = loss, loss.detach()
                 total = total + loss
+        last = [part for part in (waiting, window_loss) if part is not None]
+        if backward is not None and last:
+            backward(sum(last))
         if window_loss is not None:
-            if backward is not None:
-                backward(window_loss)
-                window_loss = window_loss.detach()
-            total = total + window_loss
+            total = total + (window_loss.detach() if backward is not None else window_loss)
         return total
 
     @staticmethod

@@ -1,6 +1,8 @@
 """Truncated BPTT: where gradients stop, that chunked backward equals one plain backward, and that it keeps
 training memory flat in the number of segments."""
 
+from contextlib import contextmanager
+
 import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
@@ -158,3 +160,31 @@ def test_window_counts_against_the_batch_segments():
     assert Recurrence(3).window_start(2) == 0
     assert Recurrence(3).window_start(7) == 4
     assert Recurrence(-1).window_start(7) == 0
+
+
+@pytest.mark.parametrize("answers, depth, accumulated", [
+    (range(6), 2, 3),  # four pre-window losses: three wait and accumulate, the fourth joins the window's backward
+    ([0, 1], 2, 1),  # no loss in the window: the last pre-window loss's backward is the step's last
+    ([5], 2, 0),  # an answer task: one backward
+    (range(6), -1, 0),
+])
+def test_every_backward_but_the_steps_last_runs_inside_accumulate(answers, depth, accumulated):
+    # Under DDP, accumulate is the no-sync context: gradients are all-reduced once per step, by the last backward.
+    head, batch = tiny_rmt(), WholeBatch(make_batch(6, answers))
+    objective = GenerativeAnswer()
+    tally = objective.start(batch)
+    inside, calls = [False], []
+
+    @contextmanager
+    def accumulate():
+        inside[0] = True
+        yield
+        inside[0] = False
+
+    def backward(loss):
+        calls.append(inside[0])
+        loss.backward()
+
+    Recurrence(depth).run(head, batch, lambda k, out, segment: objective.segment_loss(
+        head.backbone, k, out, segment, batch, tally), backward, accumulate)
+    assert calls == [True] * accumulated + [False]

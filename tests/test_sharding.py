@@ -1,11 +1,13 @@
 """trainer=fsdp (FSDP2, memlm/sharding.py) on two CPU processes over gloo: the sharded chunked backward gives one
-process's gradients for every head shape, and a run trains, writes a full checkpoint that eval.py reads, and
-resumes. Slow: each starts two processes."""
+process's gradients for every head shape; a run lands where DDP's (one all-reduce per step) lands, writes a full
+checkpoint that eval.py reads, and resumes. Slow: each starts two processes."""
 
 import copy
 import json
 import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,8 +20,8 @@ from torch.multiprocessing import spawn
 from memlm.checkpointing import load_checkpoint
 from memlm.sharding import shard
 from memlm.training import build
-from tests.conftest import fast_config
-from tests.test_train import run_cli
+from tests.conftest import FAST_LM, REPO, SMALL_RMT, TINY_GPT2, fast_config
+from tests.parameter_digest import digest_overrides, rank_digests
 
 pytestmark = pytest.mark.slow
 
@@ -66,24 +68,38 @@ def test_sharded_chunked_backward_gives_one_process_gradients(background, tmp_pa
     assert float(out.read_text()) < 1e-5
 
 
-def test_two_process_fsdp_run_matches_ddp_writes_a_full_checkpoint_and_resumes(background, tmp_path):
+def lm_run(background: Path, run_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
+    """train.py on the generated PG-19 books with a backward per segment: in a two-segment batch the first
+    segment's loss is backpropagated alone, before the last."""
+    command = [sys.executable, str(REPO / "train.py"), *TINY_GPT2, *SMALL_RMT, *FAST_LM, f"data.source={background}",
+               f"data.cache_dir={run_dir.parent / 'datasets'}", f"hydra.run.dir={run_dir}", "recurrence.bptt_depth=1",
+               *overrides]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def test_fsdp_and_ddp_runs_land_on_the_same_weights_and_fsdp_resumes(background, tmp_path):
+    # DDP all-reduces once per step (the first segment's backward runs without syncing), FSDP reduce-scatters
+    # after every backward: the same data on each rank and the same averaged gradients, so six AdamW steps land
+    # on the same weights up to the order of float32 sums. The initial memory gets its gradient only from the
+    # unsynced backward: a lost all-reduce would show there first.
     sharded, replicated = tmp_path / "fsdp", tmp_path / "ddp"
-    for run_dir, strategy in ((sharded, FSDP_ON_CPU), (replicated, ["trainer=ddp_cpu"])):
-        run_cli(f"data.background={background}", f"hydra.run.dir={run_dir}", *strategy, "recurrence.bptt_depth=1")
+    lm_run(background, sharded, *FSDP_ON_CPU)
+    lm_run(background, replicated, "trainer=ddp_cpu", *digest_overrides(replicated))
+    digests = rank_digests(replicated)
+    assert len(digests) == 2 and len(set(digests.values())) == 1
     assert json.loads((sharded / "summary.json").read_text())["global_step"] == 6
     last = sharded / "checkpoints" / "last.ckpt"
     state = torch.load(last, weights_only=True)["state_dict"]
     assert all(type(tensor) is torch.Tensor for tensor in state.values())
-    # The same data on each rank, the same averaged gradients: six AdamW steps land where DDP's land, up to the
-    # order of float32 sums.
     expected = torch.load(replicated / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
-    assert state.keys() == expected.keys()
+    assert state.keys() == expected.keys() and "head.memory" in state
     for name, tensor in expected.items():
         torch.testing.assert_close(state[name], tensor, rtol=0, atol=1e-3 * float(tensor.abs().max()), msg=name)
     model, _ = load_checkpoint(str(last))
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
-    result = run_cli(f"data.background={background}", f"hydra.run.dir={sharded}", *FSDP_ON_CPU,
-                     "recurrence.bptt_depth=1", "trainer.max_steps=8")
+    result = lm_run(background, sharded, *FSDP_ON_CPU, "trainer.max_steps=8")
     assert "Restoring states from the checkpoint path" in result.stdout + result.stderr
     assert json.loads((sharded / "summary.json").read_text())["global_step"] == 8
