@@ -43,12 +43,14 @@ class BlockMemory(nn.Module):
         self.input_gate = nn.Linear(hidden_size, hidden_size)
         self.forget_gate = nn.Linear(hidden_size, hidden_size)
 
-    def read(self, block_input: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
-        """What the block adds to its output: the gated memory read of each token."""
+    def read(self, block_input: torch.Tensor, memory: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """What the block adds to its output (the gated memory read of each token), and each token's attention
+        weights over the slots."""
         memory = memory.to(block_input.dtype)
         scores = self.read_query(block_input) @ self.read_key(memory).transpose(1, 2) / math.sqrt(memory.shape[-1])
-        read = scores.softmax(dim=-1) @ self.read_value(memory)
-        return torch.sigmoid(self.output_gate(read)) * read
+        weights = scores.softmax(dim=-1)
+        read = weights @ self.read_value(memory)
+        return torch.sigmoid(self.output_gate(read)) * read, weights
 
     def write(self, block_input: torch.Tensor, token_mask: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
         """The bank after this segment: each slot attends over the segment's (unpadded) tokens."""
@@ -88,10 +90,12 @@ class LM2(MemoryHead):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, state: MemoryState,
                 token_embeddings: torch.Tensor | None = None) -> SegmentOutput:
         block_inputs: list[torch.Tensor | None] = [None] * len(self.memories)
+        read_weights: list[torch.Tensor | None] = [None] * len(self.memories)
 
         def add_read(index: int, block_input: torch.Tensor, block_output: torch.Tensor) -> torch.Tensor:
             block_inputs[index] = block_input  # the write reads the same E after the whole segment has been read
-            return block_output + self.memories[index].read(block_input, state[:, index])
+            read, read_weights[index] = self.memories[index].read(block_input, state[:, index])
+            return block_output + read
 
         with self.backbone.intercepting(after=add_read):
             hidden = self.backbone(self.embed_tokens(input_ids, token_embeddings), attention_mask)
@@ -100,4 +104,5 @@ class LM2(MemoryHead):
             [memory.write(block_inputs[i], token_mask, state[:, i]) for i, memory in enumerate(self.memories)],
             dim=1,
         )
-        return SegmentOutput(hidden, hidden[:, -1], next_state)
+        # Kept for plots (scripts/plot_attention.py): (batch, blocks, tokens, slots).
+        return SegmentOutput(hidden, hidden[:, -1], next_state, {"read_weights": torch.stack(read_weights, dim=1)})

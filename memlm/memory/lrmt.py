@@ -100,9 +100,11 @@ class LayerRead(nn.Module):
         self.value = identity_projection(hidden_size) if projections else nn.Identity()
         self.gate = nn.Parameter(torch.full((hidden_size,), float(gate_bias)))
 
-    def forward(self, hidden: torch.Tensor, memories: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    def forward(self, hidden: torch.Tensor, memories: torch.Tensor, valid: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
         """The hidden states (batch, positions, d) with each position's gated read of the memories (batch, slots, d)
-        added; `valid` (batch, slots) marks the slots that hold a memory."""
+        added, and the read's weights (batch, positions, slots); `valid` (batch, slots) marks the slots that hold a
+        memory."""
         with torch.autocast(hidden.device.type, enabled=False):
             dtype = self.query.weight.dtype
             queries = self.query(hidden.to(dtype)).float()
@@ -114,7 +116,7 @@ class LayerRead(nn.Module):
             # store's uniform weights no say, so it reads exactly zero whatever its slots hold.
             weights = scores.masked_fill(empty, torch.finfo(scores.dtype).min).softmax(dim=-1).masked_fill(empty, 0.0)
             read = torch.sigmoid(self.gate.float()) * (weights @ values)
-        return hidden + read.to(hidden.dtype)
+        return hidden + read.to(hidden.dtype), weights
 
 
 class LRMT(MemoryHead):
@@ -149,16 +151,18 @@ class LRMT(MemoryHead):
         slot_of_block = self.slot_of_block
         memories, valid = state["memories"], state["valid"]
         layer_states: list[torch.Tensor | None] = [None] * len(self.layers)
+        read_weights: list[torch.Tensor | None] = [None] * len(self.layers)
 
         def read(index: int, block_input: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor | None:
             if index not in slot_of_block:
                 return None
             slot = slot_of_block[index]
-            layer_states[slot] = self.reads[slot](hidden, memories[:, slot], valid)
+            layer_states[slot], read_weights[slot] = self.reads[slot](hidden, memories[:, slot], valid)
             return layer_states[slot]
 
         with self.backbone.intercepting(after=read):
             hidden = self.backbone(self.embed_tokens(input_ids, token_embeddings), attention_mask)
         vectors = torch.stack([pooled(states, attention_mask) for states in layer_states], dim=1)
         next_state = remember(state, vectors, attention_mask.bool().any(dim=1))
-        return SegmentOutput(hidden, hidden[:, -1], next_state)
+        # Kept for plots (scripts/plot_attention.py): (batch, memory layers, positions, slots), oldest slot first.
+        return SegmentOutput(hidden, hidden[:, -1], next_state, {"read_weights": torch.stack(read_weights, dim=1)})

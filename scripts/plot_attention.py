@@ -1,0 +1,165 @@
+"""How a checkpoint's memory is written and read over one sample: attention maps with the tokens labelled.
+
+    python scripts/plot_attention.py <checkpoint> [--segments 3] [--split test] [--out <checkpoint dir>/..]
+
+Runs the first sample of the checkpoint's own data at --segments segments and draws attention_<head>.png:
+- the backbone's attention (mean over heads) in its first and last layer, for the sample's first segment (where a
+  fact task states the fact, so memory is written) and its last (where the question reads it). Rows attend to
+  columns; memory positions are labelled by role: RMT's read and write tokens, ARMT's memory tokens, HMT's
+  retrieved memory P and sensory tokens. The rows of write positions show what goes into memory, the columns of
+  read positions what the tokens take from it;
+- where the head has its own read, a third panel of the last segment's weights in the last memory layer: LM2's
+  tokens over slots, LRMT's tokens over past segments' memories, HMT's memory search over the cache.
+
+Maps come from the queries and keys the attention really gets (`Backbone.attending` hands them over; the output
+is computed by the model's own attention function as always), scored as eager attention scores them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+import matplotlib  # noqa: E402
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from memlm.checkpointing import load_checkpoint  # noqa: E402
+from memlm.data.base import segmented  # noqa: E402
+from memlm.memory import ARMT, HMT, RMT  # noqa: E402
+from memlm.training import build_datamodule  # noqa: E402
+
+
+def attention_weights(module, query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """(batch, queries, keys) weights, the mean over heads, as eager attention computes them; `mask` is what
+    sdpa or eager gets (boolean, additive, or None for the causal flag)."""
+    key = key.repeat_interleave(query.shape[1] // key.shape[1], dim=1)  # grouped-query attention
+    scale = getattr(module, "scaling", None) or query.shape[-1] ** -0.5
+    scores = query.float() @ key.float().transpose(-1, -2) * scale
+    queries, keys = scores.shape[-2:]
+    if mask is None:
+        scores = scores.masked_fill(~torch.ones(queries, keys, dtype=torch.bool).tril(keys - queries), -torch.inf)
+    elif mask.dtype == torch.bool:
+        scores = scores.masked_fill(~mask[..., :keys], -torch.inf)
+    else:
+        scores = scores + mask[..., :keys].float()
+    return scores.softmax(dim=-1).mean(dim=1)
+
+
+def memory_roles(head, positions: int, tokens: int) -> tuple[list[str], list[str]]:
+    """Labels of the positions a head puts before and after the segment's tokens in a backbone call."""
+    extra = positions - tokens
+    if isinstance(head, RMT):
+        return [f"[read {i}]" for i in range(extra // 2)], [f"[write {i}]" for i in range(extra // 2)]
+    if isinstance(head, ARMT):
+        return [], [f"[mem {i}]" for i in range(extra)]
+    if isinstance(head, HMT):
+        return ["[P]", *(f"[sense {i}]" for i in range(extra - 2))], ["[P]"]
+    return [], []
+
+
+def trace(model, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+    """Per segment: the last backbone call's attention maps by layer (sample 0) and the head's diagnostics."""
+    head = model.head
+    per_segment = []
+    calls: dict[int, torch.Tensor] = {}
+
+    def record(module, query, key, value, mask, attend, **kwargs):
+        calls[module.layer_idx] = attention_weights(module, query, key, mask)[0]
+        return attend(module, query, key, value, mask, **kwargs)
+
+    state = head.initial_state(1)
+    with torch.no_grad(), head.backbone.attending(record):
+        for k in range(input_ids.shape[1]):
+            calls.clear()
+            out = head(input_ids[:, k], attention_mask[:, k], state)
+            per_segment.append(({layer: maps.numpy() for layer, maps in calls.items()}, out.diagnostics))
+            state = out.state
+    return per_segment
+
+
+def own_read(diagnostics: dict) -> tuple[np.ndarray, str] | None:
+    """The last memory layer's read weights of sample 0 and what the columns are, where the head has a read."""
+    if diagnostics.get("read_weights") is not None:
+        return diagnostics["read_weights"][0, -1].float().numpy(), "memory slot"
+    if diagnostics.get("retrieval_weights") is not None:
+        return diagnostics["retrieval_weights"][0:1].float().numpy(), "cached memory (oldest first)"
+    return None
+
+
+def draw(ax, weights: np.ndarray, labels: list[str], title: str) -> None:
+    # The first rows put all their weight on the first few positions; scaled to them, the rest would be black.
+    positive = weights[weights > 0]
+    ax.imshow(weights, cmap="viridis", vmin=0.0, vmax=float(np.quantile(positive, 0.99)) if positive.size else 1.0)
+    ax.set_title(title, fontsize=9)
+    ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=5)
+    ax.set_yticks(range(len(labels)), labels, fontsize=5)
+
+
+def plot(model, sample: dict, path: Path) -> Path:
+    batch = segmented({key: value.unsqueeze(0) if value.dim() == 2 else value for key, value in sample.items()
+                       if key in ("input_ids", "attention_mask")})
+    input_ids = torch.stack([batch.segment(k)["input_ids"] for k in range(batch.num_segments)], dim=1)
+    attention_mask = torch.stack([batch.segment(k)["attention_mask"] for k in range(batch.num_segments)], dim=1)
+    per_segment = trace(model, input_ids, attention_mask)
+    tokenizer, head = model.tokenizer, model.head
+    shown = sorted({0, batch.num_segments - 1})
+    last_diagnostics = per_segment[-1][1]
+    extra = own_read(last_diagnostics)
+    columns = 2 + (extra is not None)
+    fig, axes = plt.subplots(len(shown), columns, figsize=(6 * columns, 6 * len(shown)), squeeze=False)
+    for row, k in enumerate(shown):
+        maps, _ = per_segment[k]
+        layers = sorted(maps)
+        tokens = [tokenizer.decode([t]) for t in input_ids[0, k].tolist()]
+        before, after = memory_roles(head, maps[layers[0]].shape[-1], len(tokens))
+        labels = [*before, *tokens, *after]
+        for column, layer in enumerate((layers[0], layers[-1])):
+            draw(axes[row, column], maps[layer], labels, f"segment {k + 1}/{batch.num_segments}, layer {layer}")
+        if extra is not None:
+            ax = axes[row, 2]
+            if k == shown[-1]:
+                weights, what = extra
+                ax.imshow(weights, cmap="viridis", aspect="auto")
+                ax.set_title(f"{type(head).__name__}'s own read, segment {k + 1}, last memory layer", fontsize=9)
+                ax.set_xlabel(what)
+                if weights.shape[0] == len(tokens):
+                    ax.set_yticks(range(len(tokens)), tokens, fontsize=5)
+            else:
+                ax.axis("off")
+    fig.suptitle(f"{type(head).__name__}: attention (rows attend to columns), mean over heads")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return path
+
+
+def main(argv: list[str] | None = None) -> Path:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoint", type=Path)
+    parser.add_argument("--segments", type=int, default=3)
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+    model, _ = load_checkpoint(str(args.checkpoint))
+    model.eval()
+    if not model.head.backbone.is_decoder:
+        raise SystemExit(f"{args.checkpoint}: an encoder checkpoint; the maps are drawn for decoders")
+    datamodule = build_datamodule(model.hparams.data, model.tokenizer, model.head.backbone.is_decoder)
+    sample = datamodule.samples(args.split, args.segments, 1)[0]
+    out = args.out or args.checkpoint.resolve().parent.parent
+    path = plot(model, sample, out / f"attention_{type(model.head).__name__.lower()}.png")
+    print(f"written: {path}")
+    return path
+
+
+if __name__ == "__main__":
+    main()
