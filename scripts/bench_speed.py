@@ -13,6 +13,12 @@ nominal dense bf16 peak is known, over that too. Then the peak memory of a train
 `recurrence.bptt_depth=--bptt-depth` (GPU only: torch's allocator peak), which truncated BPTT keeps flat in the
 segment count. Steps of the heads run interleaved (round-robin), so a change in the machine's load hits all alike.
 
+--versus-lucidrains: memlm's RMT (the default model and language-model data: the embedded PG-19 layout) against
+lucidrains' recurrent-memory-transformer (`pip install -e '.[bench]'`) of the same width, depth, heads, memory
+tokens and segment length, on the same token batch, each step a full backward over all segments (theirs without
+XL memories and with one residual stream, so both do the same matmuls), interleaved. --evaluation: no-grad
+evaluation of each head per segment against the bare backbone's forward over the same segments.
+
 --size gpt2-small: a random-init GPT-2-small-sized backbone (12 layers, d=768, 12 heads, 1,024 positions) with
 512-token segments, the size of the RMT paper's GPT-2 runs; default: the embedded default config. Prints a table,
 writes bench_speed.json under --out.
@@ -25,6 +31,7 @@ import json
 import os
 import statistics
 import time
+from functools import partial
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -103,15 +110,100 @@ class Contestant:
         return time.perf_counter() - started
 
 
-def training_rows(args, device: torch.device, peak: float, nominal: float | None) -> list[dict]:
-    contestants = [Contestant(name, [*SIZES[args.size], *HEAD_OVERRIDES[name]], args.batch_size, args.segments,
-                              device, args.precision) for name in args.heads]
+class Lucidrains:
+    """lucidrains' RecurrentMemoryTransformer on `memlm`'s batch, shaped like memlm's backbone and RMT."""
+
+    def __init__(self, memlm: Contestant):
+        from recurrent_memory_transformer_pytorch import RecurrentMemoryTransformer, RecurrentMemoryTransformerWrapper
+
+        config, head = memlm.model.head.backbone.model.config, memlm.model.head
+        model = RecurrentMemoryTransformer(
+            config.hidden_size, num_tokens=config.vocab_size, depth=config.num_hidden_layers,
+            heads=config.num_attention_heads, dim_head=config.hidden_size // config.num_attention_heads,
+            num_memory_tokens=head.num_mem_tokens, seq_len=memlm.batch["input_ids"].shape[-1],
+            use_xl_memories=False, num_residual_streams=1)
+        self.name, self.device, self.tokens, self.times = "lucidrains", memlm.device, memlm.tokens, []
+        self.model = RecurrentMemoryTransformerWrapper(model).to(memlm.device).train()
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4)
+        self.ids = memlm.batch["input_ids"].flatten(1)
+        self.ids = torch.cat([self.ids, self.ids[:, -1:]], dim=1)  # it predicts x[1:] from x[:-1]
+        self.autocast = memlm.autocast
+
+    def step(self) -> float:
+        self.optimizer.zero_grad(set_to_none=True)
+        synchronize(self.device)
+        started = time.perf_counter()
+        with self.autocast:
+            loss, _ = self.model(self.ids, return_loss=True)
+        loss.backward()
+        self.optimizer.step()
+        synchronize(self.device)
+        return time.perf_counter() - started
+
+
+def interleaved(contestants: list, steps: int) -> None:
+    """Two warm-up steps each, then `steps` timed steps each, round-robin."""
     for _ in range(2):
         for contestant in contestants:
             contestant.step()
-    for _ in range(args.steps):
+    for _ in range(steps):
         for contestant in contestants:
             contestant.times.append(contestant.step())
+
+
+def lucidrains_rows(args, device: torch.device) -> list[dict]:
+    try:
+        import recurrent_memory_transformer_pytorch  # noqa: F401
+    except ImportError:
+        print("--versus-lucidrains: skipped, recurrent-memory-transformer-pytorch is not installed "
+              "(pip install -e '.[bench]')")
+        return []
+    memlm = Contestant("memlm rmt", ["data=pg19"], args.batch_size, args.segments, device, args.precision)
+    contestants = [memlm, Lucidrains(memlm)]
+    interleaved(contestants, args.steps)
+    ours = statistics.median(memlm.times)
+    return [{"model": c.name, "step_s": statistics.median(c.times), "spread": max(c.times) / min(c.times),
+             "tokens_per_s": c.tokens / statistics.median(c.times),
+             "memlm_speedup": statistics.median(c.times) / ours} for c in contestants]
+
+
+def bare_forward(backbone, batch: dict) -> None:
+    """The backbone alone over each segment's tokens: no memory, no loss."""
+    for k in range(batch["input_ids"].shape[1]):
+        backbone(backbone.embed(batch["input_ids"][:, k]), batch["attention_mask"][:, k])
+
+
+def evaluation_rows(args, device: torch.device) -> list[dict]:
+    """Per head: seconds per segment of a no-grad evaluation (`MemoryLM.unroll`) and of the bare backbone's
+    forward over the same segments, timed alternately."""
+    rows = []
+    for name in args.heads:
+        contestant = Contestant(name, [*SIZES[args.size], *HEAD_OVERRIDES[name]], args.batch_size, args.segments,
+                                device, args.precision)
+        model, batch = contestant.model.eval(), contestant.batch
+        runs = {"eval": partial(model.unroll, batch), "bare": partial(bare_forward, model.head.backbone, batch)}
+        times = {"eval": [], "bare": []}
+        with torch.no_grad(), contestant.autocast:
+            for run in runs.values():
+                run()
+            for _ in range(args.steps):
+                for key, run in runs.items():
+                    synchronize(device)
+                    started = time.perf_counter()
+                    run()
+                    synchronize(device)
+                    times[key].append(time.perf_counter() - started)
+        evaluation, plain = statistics.median(times["eval"]), statistics.median(times["bare"])
+        rows.append({"head": name, "eval_s_per_segment": evaluation / args.segments,
+                     "bare_s_per_segment": plain / args.segments, "ratio": evaluation / plain,
+                     "extra_positions": model.head.extra_positions()})
+    return rows
+
+
+def training_rows(args, device: torch.device, peak: float, nominal: float | None) -> list[dict]:
+    contestants = [Contestant(name, [*SIZES[args.size], *HEAD_OVERRIDES[name]], args.batch_size, args.segments,
+                              device, args.precision) for name in args.heads]
+    interleaved(contestants, args.steps)
     baseline = next((c for c in contestants if c.name == "baseline"), None)
     rows = []
     for contestant in contestants:
@@ -151,6 +243,8 @@ def main() -> None:
     parser.add_argument("--precision", choices=["bf16-mixed", "32-true"], default="32-true")
     parser.add_argument("--memory-segments", type=int, nargs="*", default=[4, 16, 64])
     parser.add_argument("--bptt-depth", type=int, default=2)
+    parser.add_argument("--versus-lucidrains", action="store_true")
+    parser.add_argument("--evaluation", action="store_true")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", type=Path, default=Path("outputs/bench_speed"))
     args = parser.parse_args()
@@ -179,10 +273,26 @@ def main() -> None:
         for row in memory:
             print(f"{row['segments']:>5} segments: {row['peak_gib']:.2f} GiB, step {row['step_s']:.3f} s")
 
+    lucidrains = lucidrains_rows(args, device) if args.versus_lucidrains else []
+    if lucidrains:
+        print(f"\nRMT against lucidrains' recurrent-memory-transformer, {args.batch_size} x {args.segments} segments")
+        for row in lucidrains:
+            print(f"{row['model']:<11} {row['step_s']:>8.3f} s (spread {row['spread']:.2f}) "
+                  f"{row['tokens_per_s']:>9.0f} tokens/s  x{row['memlm_speedup']:.2f} memlm's step time")
+
+    evaluation = evaluation_rows(args, device) if args.evaluation else []
+    if evaluation:
+        print(f"\nevaluation per segment against the bare backbone, {args.batch_size} x {args.segments} segments")
+        for row in evaluation:
+            print(f"{row['head']:<9} {row['eval_s_per_segment'] * 1e3:>8.2f} ms  bare "
+                  f"{row['bare_s_per_segment'] * 1e3:.2f} ms  x{row['ratio']:.2f}  "
+                  f"(+{row['extra_positions']} positions)")
+
     args.out.mkdir(parents=True, exist_ok=True)
     config = {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()}
     result = {"machine": {**machine(), "device": name}, "config": config, "matmul_tflops": peak,
-              "nominal_tflops": nominal, "training": training, "memory": memory, "size_overrides": SIZES[args.size]}
+              "nominal_tflops": nominal, "training": training, "memory": memory,
+              "lucidrains": lucidrains, "evaluation": evaluation, "size_overrides": SIZES[args.size]}
     path = args.out / "bench_speed.json"
     path.write_text(json.dumps(result, indent=2))
     print(f"\nwritten: {path}")
