@@ -118,20 +118,28 @@ def plot(model, sample: dict, path: Path) -> Path:
     for row, k in enumerate(shown):
         maps, _ = per_segment[k]
         layers = sorted(maps)
-        tokens = [tokenizer.decode([t]) for t in input_ids[0, k].tolist()]
-        before, after = memory_roles(head, maps[layers[0]].shape[-1], len(tokens))
+        real = attention_mask[0, k].bool()  # padding is left out of the maps
+        tokens = [tokenizer.decode([t]) for t in input_ids[0, k][real].tolist()]
+        before, after = memory_roles(head, maps[layers[0]].shape[-1], len(real))
         labels = [*before, *tokens, *after]
+        kept = torch.cat([torch.ones(len(before), dtype=torch.bool), real, torch.ones(len(after), dtype=torch.bool)])
+        kept = kept.nonzero()[:, 0].numpy()
         for column, layer in enumerate((layers[0], layers[-1])):
-            draw(axes[row, column], maps[layer], labels, f"segment {k + 1}/{batch.num_segments}, layer {layer}")
+            draw(axes[row, column], maps[layer][np.ix_(kept, kept)], labels,
+                 f"segment {k + 1}/{batch.num_segments}, layer {layer}")
         if extra is not None:
             ax = axes[row, 2]
             if k == shown[-1]:
                 weights, what = extra
-                ax.imshow(weights, cmap="viridis", aspect="auto")
+                if weights.shape[0] == len(real):
+                    weights = weights[real.numpy()]
+                    ax.set_yticks(range(len(tokens)), tokens, fontsize=5)
+                else:
+                    ax.set_yticks([0], ["segment"], fontsize=7)
+                ax.set_xticks(range(weights.shape[1]))
+                ax.imshow(weights, cmap="viridis", aspect="auto", vmin=0.0, vmax=max(float(weights.max()), 1e-6))
                 ax.set_title(f"{type(head).__name__}'s own read, segment {k + 1}, last memory layer", fontsize=9)
                 ax.set_xlabel(what)
-                if weights.shape[0] == len(tokens):
-                    ax.set_yticks(range(len(tokens)), tokens, fontsize=5)
             else:
                 ax.axis("off")
     fig.suptitle(f"{type(head).__name__}: attention (rows attend to columns), mean over heads")
