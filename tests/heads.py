@@ -19,8 +19,7 @@ HEADS = {
     "lm2": ["model=lm2", "model.memory_slots=4"],
     "armt": ["model=armt", "model.num_mem_tokens=2", "model.d_mem=8", "model.nu=2"],
     "lrmt": ["model=lrmt", "model.memory_size=2"],
-    # No threshold: a tiny random model's cosines are small, and the tests must see retrieval happen.
-    "extended_mind": ["model=extended_mind", "model.memory_size=8", "model.topk=2", "model.similarity_threshold=null"],
+    "extended_mind": ["model=extended_mind", "model.memory_size=8", "model.topk=2"],
 }
 """Head name (the stem of its `conf/model/*.yaml`) -> the Hydra overrides that select it at test size."""
 

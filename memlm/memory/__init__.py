@@ -9,4 +9,5 @@ from memlm.memory.lm2 import LM2
 from memlm.memory.lrmt import LRMT
 from memlm.memory.rmt import RMT
 
-__all__ = ["ARMT", "HMT", "LM2", "LRMT", "Baseline", "ExtendedMind", "MemoryHead", "MemoryState", "RMT", "SegmentOutput"]
+__all__ = ["ARMT", "HMT", "LM2", "LRMT", "Baseline", "ExtendedMind", "MemoryHead", "MemoryState", "RMT",
+           "SegmentOutput"]

@@ -57,7 +57,6 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from memlm.backbones import Backbone
 from memlm.memory.base import MemoryHead, MemoryState, SegmentOutput, memory_layers
@@ -149,7 +148,7 @@ class ExtendedMind(MemoryHead):
     size_key = "model.memory_size"
 
     def __init__(self, backbone: Backbone, memory_size: int = 4096, topk: int = 12,
-                 similarity_threshold: float | None = 0.25, layers: Sequence[int] | None = None,
+                 similarity_threshold: float | None = None, layers: Sequence[int] | None = None,
                  memory_positions: str = "segment_start", citations: bool = False):
         """`layers`: the indices of the blocks that retrieve; None: all of them."""
         super().__init__(backbone)
