@@ -126,11 +126,11 @@ def attend_with_memory(query, key, value, allowed, memory_query, memory_keys, me
     used = best > -math.inf
     if threshold is not None:
         used &= best >= threshold
-    keys_by_head = memory_keys.float().repeat_interleave(groups, dim=1)
-    values_by_head = memory_values.float().repeat_interleave(groups, dim=1)
-    flat = slots.reshape(batch, heads, -1, 1).expand(-1, -1, -1, dim)
-    chosen_keys = keys_by_head.gather(2, flat).reshape(batch, heads, length, -1, dim)
-    chosen_values = values_by_head.gather(2, flat).reshape(batch, heads, length, -1, dim)
+    # Heads are grouped contiguously (head h reads key head h // groups), so the chosen slots of a key head's
+    # query heads index its memory directly: no copy of the memory per query head.
+    flat = slots.reshape(batch, key.shape[1], -1, 1).expand(-1, -1, -1, dim)
+    chosen_keys = memory_keys.float().gather(2, flat).reshape(batch, heads, length, -1, dim)
+    chosen_values = memory_values.float().gather(2, flat).reshape(batch, heads, length, -1, dim)
 
     local_keys = key.float().repeat_interleave(groups, dim=1)
     local_values = value.float().repeat_interleave(groups, dim=1)
