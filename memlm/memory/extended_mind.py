@@ -34,7 +34,15 @@ its position inside its own segment. `memory_positions` chooses where a retrieve
   free of position: both query and key are un-rotated.
 The selection's cosine uses the same query and key as the attention, so it also depends on the choice (the
 authors select with the rotated query against un-rotated keys, as `segment_start` does).
-MEASURED_PLACEHOLDER
+Measured on SmolLM2-135M, no training, one CPU thread: a fact in one segment ("The secret password of the blue
+door is pineapple." and a filler sentence) and the question in the next ("... The secret password of the blue
+door is");
+the probability of " pineapple" next is 0.56 with `segment_start`, 1.7e-4 with `query`, 4.0e-4 with `original`,
+1.3e-6 for the second segment read alone and 0.66 for both segments read at once as one. With
+`similarity_threshold=0.25`, as the authors' `mask_by_sim`, it falls to 1.4e-5 (`segment_start`): SmolLM2's
+query-key cosines are mostly below 0.25, so the threshold masks the memory that answers; hence no threshold by
+default (the authors' own retrieval runs keep `mask_by_sim` off). `python scripts/extended_mind_positions.py`
+reproduces these; BABILong figures are in the README.
 
 Citations: with `citations=True` (or the attribute set on a built head) each segment's output carries
 `diagnostics["citations"]`, per chosen layer the document positions (token index from the document's start) of the
