@@ -1,8 +1,9 @@
 """The heads the tests run: one row per `conf/model/*.yaml`, sized small enough for every test that uses it.
 
 A new head needs one row here, and `tests/test_heads.py` fails until it has one; the tests that run every head
-(causality, generation, training, language modelling) then cover it. Sizes fit the shortest segments these tests
-use (6 tokens): HMT's summary reads at most a segment (j <= L) and its sensory memory is shorter than one (k < L).
+(causality, generation, training, language modelling, chunked backward, state-dict round trip) then cover it.
+Sizes fit the shortest segments these tests use (6 tokens): HMT's summary reads at most a segment (j <= L) and its
+sensory memory is shorter than one (k < L).
 """
 
 import torch
@@ -19,6 +20,9 @@ HEADS = {
     "lm2": ["model=lm2", "model.memory_slots=4"],
     "armt": ["model=armt", "model.num_mem_tokens=2", "model.d_mem=8", "model.nu=2"],
     "lrmt": ["model=lrmt", "model.memory_size=2"],
+    # No parameters of its own, and its memory is written detached: the state-dict round trip carries only the
+    # backbone, and a chunked backward matches one plain backward because nothing flows between segments.
+    "extended_mind": ["model=extended_mind", "model.memory_size=8", "model.topk=2"],
 }
 """Head name (the stem of its `conf/model/*.yaml`) -> the Hydra overrides that select it at test size."""
 

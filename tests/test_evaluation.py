@@ -84,3 +84,22 @@ def test_bad_lengths_are_refused(lengths, unit):
 def test_missing_checkpoint_names_the_key(tmp_path):
     with pytest.raises(FileNotFoundError, match="ckpt_path"):
         evaluate(eval_cfg(f"ckpt_path={tmp_path}/none.ckpt", f"out_dir={tmp_path}"))
+
+
+def test_without_a_checkpoint_eval_builds_the_model_from_the_groups(tmp_path, background):
+    # A training-free head over the backbone's own weights (random here), measured as a checkpoint would be.
+    report = evaluate(eval_cfg("backbone=tiny_gpt2", "model=extended_mind", "model.memory_size=64", "data=memorize",
+                               f"data.background={background}", "data.segment_length=24", "lengths=[1,3]",
+                               "samples=4", "batch_size=4", f"out_dir={tmp_path}"))
+    assert set(report.by_length) == {1, 3} and all(0 <= value <= 1 for value in report.by_length.values())
+    assert (tmp_path / "accuracy_by_length.csv").exists()
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["model=extended_mind", "data=memorize"], "backbone is not chosen: add e.g. backbone=smollm2"),
+    (["backbone=tiny_gpt2"], "model, data are not chosen"),
+    (["ckpt_path=x.ckpt", "model=baseline"], "ckpt_path=x.ckpt holds its own model; model= build a model only"),
+])
+def test_eval_names_the_groups_it_misses_or_cannot_use(tmp_path, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        evaluate(eval_cfg(*overrides, f"out_dir={tmp_path}"))

@@ -180,7 +180,7 @@ def test_an_unknown_write_names_the_key():
         RMT(tiny("causal"), num_mem_tokens=2, write="append")
 
 
-@pytest.mark.parametrize("name", ["armt", "lrmt"])
+@pytest.mark.parametrize("name", ["armt", "lrmt", "extended_mind"])
 def test_heads_that_write_from_causal_states_refuse_an_encoder_backbone(name):
     encoder = load_backbone(kind="encoder", tokenizer="gpt2-tokenizer", tiny={
         "model_type": "bert", "num_hidden_layers": 1, "hidden_size": 32, "num_attention_heads": 2,
@@ -189,7 +189,7 @@ def test_heads_that_write_from_causal_states_refuse_an_encoder_backbone(name):
         build_head(name, encoder)
 
 
-@pytest.mark.parametrize("name", ["armt", "lrmt"])
+@pytest.mark.parametrize("name", ["armt", "lrmt", "extended_mind"])
 @pytest.mark.parametrize("layers, message", [
     ("[2]", r"model.layers=\[2\] must be distinct block indices in 0..1"),
     ("[0,0]", r"model.layers=\[0, 0\]"),
@@ -200,3 +200,26 @@ def test_heads_with_per_layer_memory_refuse_layers_the_backbone_lacks(name, laye
         "model_type": "gpt2", "n_layer": 2, "n_embd": 32, "n_head": 2, "n_positions": 64})
     with pytest.raises(InstantiationException, match=message):
         build_head(name, backbone, f"model.layers={layers}")
+
+
+def last_token_states(head, ids, mask, segments: int = 2) -> torch.Tensor:
+    state = head.initial_state(ids.shape[0])
+    with torch.no_grad():
+        for _ in range(segments):
+            out = head(ids, mask, state)
+            state = out.state
+    return out.token_states
+
+
+@pytest.mark.parametrize("name", list(HEADS))
+def test_every_head_reads_the_same_after_a_state_dict_round_trip(name, tmp_path):
+    head = build_head(name, tiny("causal")).eval()
+    torch.save(head.state_dict(), tmp_path / "head.pt")
+    restored = build_head(name, tiny("causal")).eval()
+    with torch.no_grad():
+        for parameter in restored.parameters():
+            parameter.add_(torch.randn_like(parameter))
+    ids, mask = segment()
+    assert not torch.allclose(last_token_states(restored, ids, mask), last_token_states(head, ids, mask))
+    restored.load_state_dict(torch.load(tmp_path / "head.pt", weights_only=True))
+    torch.testing.assert_close(last_token_states(restored, ids, mask), last_token_states(head, ids, mask))

@@ -12,6 +12,7 @@ from memlm.data.base import IGNORE, WholeBatch
 from memlm.memory import RMT
 from memlm.objectives import GenerativeAnswer
 from memlm.recurrence import Recurrence
+from tests.heads import HEADS, build_head
 
 VOCAB, SEGMENT = 50, 8
 
@@ -188,3 +189,18 @@ def test_every_backward_but_the_steps_last_runs_inside_accumulate(answers, depth
     Recurrence(depth).run(head, batch, lambda k, out, segment: objective.segment_loss(
         head.backbone, k, out, segment, batch, tally), backward, accumulate)
     assert calls == [True] * accumulated + [False]
+
+
+@pytest.mark.parametrize("name", list(HEADS))
+def test_every_head_gets_the_plain_gradients_from_a_chunked_backward(name):
+    torch.manual_seed(0)
+    config = GPT2Config(n_layer=2, n_embd=32, n_head=2, n_positions=64, vocab_size=VOCAB, bos_token_id=0,
+                        eos_token_id=0, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    head = build_head(name, Backbone(GPT2LMHeadModel(config), tokenizer=None, kind="causal"))
+    batch = make_batch(4)
+    plain_loss, plain = run(head, batch, Recurrence(2), chunked=False)
+    chunked_loss, chunked = run(head, batch, Recurrence(2), chunked=True)
+    assert chunked_loss == pytest.approx(plain_loss, rel=1e-6)
+    assert plain.keys() == chunked.keys() and plain
+    for parameter in plain:
+        torch.testing.assert_close(chunked[parameter], plain[parameter], rtol=1e-5, atol=1e-7)
