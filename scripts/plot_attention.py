@@ -1,6 +1,7 @@
 """How a checkpoint's memory is written and read over one sample: attention maps with the tokens labelled.
 
     python scripts/plot_attention.py <checkpoint> [--segments 3] [--split test] [--out <checkpoint dir>/..]
+    python scripts/plot_attention.py --build backbone=smollm2 model=extended_mind data=memorize [--out DIR]
 
 Runs the first sample of the checkpoint's own data at --segments segments and draws attention_<head>.png:
 - the backbone's attention (mean over heads) in its first and last layer, for the sample's first segment (where a
@@ -11,6 +12,10 @@ Runs the first sample of the checkpoint's own data at --segments segments and dr
 - where the head has its own read, a third panel of the last segment's weights in the last memory layer: LM2's
   tokens over slots, LRMT's tokens over past segments' memories, HMT's memory search over the cache.
 
+Extended Mind, a training-free head, is plotted without a checkpoint (`--build` takes eval.py's groups): what each
+of the last segment's queries retrieved from memory, in the first and last retrieving layer, the share of its
+heads' top-k picks that fell on each earlier token (its citations).
+
 Maps come from the queries and keys the attention really gets (`Backbone.attending` hands them over; the output
 is computed by the model's own attention function as always), scored as eager attention scores them.
 """
@@ -19,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from contextlib import nullcontext
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -30,11 +36,15 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
 
 from memlm.checkpointing import load_checkpoint  # noqa: E402
 from memlm.data.base import segmented  # noqa: E402
-from memlm.memory import ARMT, HMT, RMT  # noqa: E402
+from memlm.evaluation import composed_model  # noqa: E402
+from memlm.memory import ARMT, HMT, RMT, ExtendedMind  # noqa: E402
 from memlm.training import build_datamodule  # noqa: E402
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
 def attention_weights(module, query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -66,7 +76,8 @@ def memory_roles(head, positions: int, tokens: int) -> tuple[list[str], list[str
 
 
 def trace(model, input_ids: torch.Tensor, attention_mask: torch.Tensor):
-    """Per segment: the last backbone call's attention maps by layer (sample 0) and the head's diagnostics."""
+    """Per segment: the last backbone call's attention maps by layer (sample 0) and the head's diagnostics; a head
+    on the attention seam itself (Extended Mind) gives its diagnostics alone."""
     head = model.head
     per_segment = []
     calls: dict[int, torch.Tensor] = {}
@@ -76,7 +87,8 @@ def trace(model, input_ids: torch.Tensor, attention_mask: torch.Tensor):
         return attend(module, query, key, value, mask, **kwargs)
 
     state = head.initial_state(1)
-    with torch.no_grad(), head.backbone.attending(record):
+    recording = nullcontext() if isinstance(head, ExtendedMind) else head.backbone.attending(record)
+    with torch.no_grad(), recording:
         for k in range(input_ids.shape[1]):
             calls.clear()
             out = head(input_ids[:, k], attention_mask[:, k], state)
@@ -103,11 +115,44 @@ def draw(ax, weights: np.ndarray, labels: list[str], title: str) -> None:
     ax.set_yticks(range(len(labels)), labels, fontsize=5)
 
 
+def plot_citations(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, path: Path) -> Path:
+    """Extended Mind: for the last segment's tokens (rows), the share of their heads' top-k retrievals that fell on
+    each earlier token of the document (columns)."""
+    head, tokenizer = model.head, model.tokenizer
+    head.citations = True
+    citations = trace(model, input_ids, attention_mask)[-1][1]["citations"]
+    real = attention_mask[0].bool()
+    document = [tokenizer.decode([t]) for k in range(input_ids.shape[1] - 1) for t in input_ids[0, k][real[k]].tolist()]
+    tokens = [tokenizer.decode([t]) for t in input_ids[0, -1][real[-1]].tolist()]
+    layers = sorted(citations)
+    fig, axes = plt.subplots(1, 2, figsize=(14, 7), squeeze=False)
+    for ax, layer in zip(axes[0], (layers[0], layers[-1]), strict=True):
+        picks = citations[layer][0][:, real[-1]]  # (heads, tokens, k): document positions, -1 where none
+        shares = np.zeros((picks.shape[1], len(document)))
+        for row in range(picks.shape[1]):
+            chosen = picks[:, row].flatten()
+            counts = torch.bincount(chosen[chosen >= 0], minlength=len(document)).numpy()
+            shares[row] = counts / max(chosen.numel(), 1)
+        ax.imshow(shares, cmap="viridis", aspect="auto", vmin=0.0)
+        ax.set_title(f"last segment's retrievals, layer {layer}", fontsize=9)
+        ax.set_xticks(range(len(document)), document, rotation=90, fontsize=5)
+        ax.set_yticks(range(len(tokens)), tokens, fontsize=5)
+        ax.set_xlabel("earlier tokens of the document (memory)")
+    fig.suptitle(f"ExtendedMind: share of each query's top-{head.topk} picks (all heads) per memory token")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return path
+
+
 def plot(model, sample: dict, path: Path) -> Path:
     batch = segmented({key: value.unsqueeze(0) if value.dim() == 2 else value for key, value in sample.items()
                        if key in ("input_ids", "attention_mask")})
     input_ids = torch.stack([batch.segment(k)["input_ids"] for k in range(batch.num_segments)], dim=1)
     attention_mask = torch.stack([batch.segment(k)["attention_mask"] for k in range(batch.num_segments)], dim=1)
+    if isinstance(model.head, ExtendedMind):
+        return plot_citations(model, input_ids, attention_mask, path)
     per_segment = trace(model, input_ids, attention_mask)
     tokenizer, head = model.tokenizer, model.head
     shown = sorted({0, batch.num_segments - 1})
@@ -152,18 +197,26 @@ def plot(model, sample: dict, path: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("checkpoint", type=Path)
+    parser.add_argument("checkpoint", type=Path, nargs="?")
+    parser.add_argument("--build", nargs="+", metavar="GROUP=OPTION",
+                        help="no checkpoint: build the model from eval.py's groups (backbone=, model=, data=)")
     parser.add_argument("--segments", type=int, default=3)
     parser.add_argument("--split", default="test")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
-    model, _ = load_checkpoint(str(args.checkpoint))
+    if (args.checkpoint is None) == (args.build is None):
+        parser.error("give a checkpoint or --build GROUP=OPTION ..., one of the two")
+    if args.build:
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            model = composed_model(compose("eval", [*args.build, "out_dir=unused"]))
+    else:
+        model, _ = load_checkpoint(str(args.checkpoint))
     model.eval()
     if not model.head.backbone.is_decoder:
         raise SystemExit(f"{args.checkpoint}: an encoder checkpoint; the maps are drawn for decoders")
     datamodule = build_datamodule(model.hparams.data, model.tokenizer, model.head.backbone.is_decoder)
     sample = datamodule.samples(args.split, args.segments, 1)[0]
-    out = args.out or args.checkpoint.resolve().parent.parent
+    out = args.out or (args.checkpoint.resolve().parent.parent if args.checkpoint else Path("outputs/attention"))
     path = plot(model, sample, out / f"attention_{type(model.head).__name__.lower()}.png")
     print(f"written: {path}")
     return path

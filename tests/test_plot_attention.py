@@ -66,3 +66,16 @@ def test_a_checkpoint_gives_a_png(memorize_run, tmp_path):
     checkpoint, _ = memorize_run
     path = plot_attention.main([str(checkpoint), "--segments", "2", "--out", str(tmp_path)])
     assert path == tmp_path / "attention_rmt.png" and path.stat().st_size > 20000
+
+
+def test_extended_mind_is_plotted_from_its_citations_without_a_checkpoint(background, tmp_path):
+    path = plot_attention.main(["--build", "backbone=tiny_gpt2", "backbone.tiny.n_layer=1", "backbone.tiny.n_embd=32",
+                                "backbone.tiny.n_head=2", "model=extended_mind", "model.topk=2", "data=memorize",
+                                f"data.background={background}", "data.segment_length=12", "--segments", "2",
+                                "--out", str(tmp_path)])
+    assert path == tmp_path / "attention_extendedmind.png" and path.stat().st_size > 20000
+
+
+def test_a_checkpoint_or_a_build_is_required():
+    with pytest.raises(SystemExit):
+        plot_attention.main([])
