@@ -48,7 +48,7 @@ SIZES = {
                    "backbone.tiny.n_positions=1024", "data.segment_length=512"],
 }
 HEAD_OVERRIDES = {"rmt": ["model=rmt"], "armt": ["model=armt"], "lm2": ["model=lm2"], "hmt": ["model=hmt"],
-                  "lrmt": ["model=lrmt"], "baseline": ["model=baseline"]}
+                  "lrmt": ["model=lrmt"], "extended_mind": ["model=extended_mind"], "baseline": ["model=baseline"]}
 NOMINAL_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
 """Dense bf16 tensor-core peaks from NVIDIA's data sheets (SXM parts), by a name the device reports."""
 
