@@ -259,12 +259,12 @@ def main() -> None:
 
     training = training_rows(args, device, peak, nominal)
     print(f"\ntraining step, {args.size}, {args.batch_size} x {args.segments} segments, median of {args.steps}")
-    print(f"{'head':<9} {'step s':>8} {'spread':>7} {'tokens/s':>10} {'TFLOP/s':>8} {'MFU mm':>7} {'MFU nom':>8} "
+    print(f"{'head':<14} {'step s':>8} {'spread':>7} {'tokens/s':>10} {'TFLOP/s':>8} {'MFU mm':>7} {'MFU nom':>8} "
           f"{'x base':>7}")
     for row in training:
         nominal_mfu = f"{row['mfu_vs_nominal']:.3f}" if row["mfu_vs_nominal"] else "-"
         ratio = f"{row['vs_baseline']:.2f}" if row["vs_baseline"] else "-"
-        print(f"{row['head']:<9} {row['step_s']:>8.3f} {row['spread']:>7.2f} {row['tokens_per_s']:>10.0f} "
+        print(f"{row['head']:<14} {row['step_s']:>8.3f} {row['spread']:>7.2f} {row['tokens_per_s']:>10.0f} "
               f"{row['model_tflops']:>8.2f} {row['mfu_vs_matmul']:>7.3f} {nominal_mfu:>8} {ratio:>7}")
 
     memory = memory_rows(args, device) if on_gpu and args.memory_segments else []
@@ -284,7 +284,7 @@ def main() -> None:
     if evaluation:
         print(f"\nevaluation per segment against the bare backbone, {args.batch_size} x {args.segments} segments")
         for row in evaluation:
-            print(f"{row['head']:<9} {row['eval_s_per_segment'] * 1e3:>8.2f} ms  bare "
+            print(f"{row['head']:<14} {row['eval_s_per_segment'] * 1e3:>8.2f} ms  bare "
                   f"{row['bare_s_per_segment'] * 1e3:.2f} ms  x{row['ratio']:.2f}  "
                   f"(+{row['extra_positions']} positions)")
 
