@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from hydra.errors import InstantiationException
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from omegaconf import DictConfig, OmegaConf
 
@@ -119,7 +120,17 @@ def load_checkpoint(path: str) -> tuple[MemoryLM, dict]:
         raise ValueError(f"ckpt_path={path} holds no training data config; it was not written by train.py")
     check_targets(hparams, path)
     check_finite(checkpoint["state_dict"], path)
-    model = MemoryLM(**hparams)
+    try:
+        model = MemoryLM(**hparams)
+    except InstantiationException as error:
+        cause = error.__cause__
+        if not (isinstance(cause, TypeError) and "unexpected keyword argument" in str(cause)):
+            raise
+        # A key a later memlm dropped: say which file and what to do, not only Hydra's TypeError.
+        raise ValueError(f"{path}: its hyper_parameters hold a key this memlm does not take ({cause}); the "
+                         "checkpoint was written by an older memlm. If the key's value is what this memlm does "
+                         "anyway (see the git log), delete it from checkpoint['hyper_parameters'] and save the file "
+                         "again; otherwise use the memlm commit that wrote it") from None
     model.load_state_dict(checkpoint["state_dict"])
     return model, checkpoint
 

@@ -55,6 +55,17 @@ def test_eval_refuses_a_checkpoint_with_nan_weights(memorize_run, tmp_path):
         load_checkpoint(str(broken))
 
 
+def test_a_checkpoint_from_an_older_memlm_names_the_dropped_key_and_the_fix(memorize_run, tmp_path):
+    # RMT's gate_per key was dropped after checkpoints had been written with it.
+    checkpoint = torch.load(memorize_run[0], weights_only=True)
+    checkpoint["hyper_parameters"]["model"]["gate_per"] = "element"
+    older = tmp_path / "older.ckpt"
+    torch.save(checkpoint, older)
+    with pytest.raises(ValueError, match="older.ckpt: its hyper_parameters hold a key this memlm does not take .*"
+                                         r"gate_per.*delete it from checkpoint\['hyper_parameters'\]"):
+        load_checkpoint(str(older))
+
+
 @pytest.mark.parametrize("target", ["builtins.open", "os.system", "memlmx.evil"])
 def test_a_checkpoint_naming_foreign_code_is_refused_naming_the_key(memorize_run, tmp_path, target):
     checkpoint = torch.load(memorize_run[0], weights_only=True)
