@@ -58,17 +58,20 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def timed(device: torch.device, run):
+    """The seconds `run()` takes, the device's queued work included, and what it returns."""
+    synchronize(device)
+    started = time.perf_counter()
+    result = run()
+    synchronize(device)
+    return time.perf_counter() - started, result
+
+
 def matmul_tflops(device: torch.device, dtype: torch.dtype, size: int, repeats: int = 5) -> float:
     """The median TFLOP/s of a size x size x size matmul: the peak this machine reaches in practice."""
     a, b = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))
     a @ b
-    times = []
-    for _ in range(repeats):
-        synchronize(device)
-        started = time.perf_counter()
-        a @ b
-        synchronize(device)
-        times.append(time.perf_counter() - started)
+    times = [timed(device, lambda: a @ b)[0] for _ in range(repeats)]
     return 2 * size**3 / statistics.median(times) / 1e12
 
 
@@ -98,20 +101,23 @@ class Contestant:
         self.times: list[float] = []
 
     def step(self) -> float:
+        """One timed training step: its seconds."""
         self.optimizer.zero_grad(set_to_none=True)
-        synchronize(self.device)
-        started = time.perf_counter()
+        seconds, loss = timed(self.device, self.train_step)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"{self.name}: the training loss is {loss.item()}")
+        return seconds
+
+    def train_step(self) -> torch.Tensor:
         with self.autocast:
             loss, _ = self.model.unroll(self.batch, backward=torch.Tensor.backward)
         self.optimizer.step()
-        synchronize(self.device)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"{self.name}: the training loss is {loss.item()}")
-        return time.perf_counter() - started
+        return loss
 
 
-class Lucidrains:
-    """lucidrains' RecurrentMemoryTransformer on `memlm`'s batch, shaped like memlm's backbone and RMT."""
+class Lucidrains(Contestant):
+    """lucidrains' RecurrentMemoryTransformer on `memlm`'s batch, shaped like memlm's backbone and RMT; timed by
+    Contestant.step, built here instead of from a memlm config."""
 
     def __init__(self, memlm: Contestant):
         from recurrent_memory_transformer_pytorch import RecurrentMemoryTransformer, RecurrentMemoryTransformerWrapper
@@ -129,16 +135,12 @@ class Lucidrains:
         self.ids = torch.cat([self.ids, self.ids[:, -1:]], dim=1)  # it predicts x[1:] from x[:-1]
         self.autocast = memlm.autocast
 
-    def step(self) -> float:
-        self.optimizer.zero_grad(set_to_none=True)
-        synchronize(self.device)
-        started = time.perf_counter()
+    def train_step(self) -> torch.Tensor:
         with self.autocast:
             loss, _ = self.model(self.ids, return_loss=True)
         loss.backward()
         self.optimizer.step()
-        synchronize(self.device)
-        return time.perf_counter() - started
+        return loss
 
 
 def interleaved(contestants: list, steps: int) -> None:
@@ -188,11 +190,7 @@ def evaluation_rows(args, device: torch.device) -> list[dict]:
                 run()
             for _ in range(args.steps):
                 for key, run in runs.items():
-                    synchronize(device)
-                    started = time.perf_counter()
-                    run()
-                    synchronize(device)
-                    times[key].append(time.perf_counter() - started)
+                    times[key].append(timed(device, run)[0])
         evaluation, plain = statistics.median(times["eval"]), statistics.median(times["bare"])
         rows.append({"head": name, "eval_s_per_segment": evaluation / args.segments,
                      "bare_s_per_segment": plain / args.segments, "ratio": evaluation / plain,

@@ -39,7 +39,6 @@ import torch  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 
 from memlm.checkpointing import load_checkpoint  # noqa: E402
-from memlm.data.base import segmented  # noqa: E402
 from memlm.evaluation import composed_model  # noqa: E402
 from memlm.memory import ARMT, HMT, RMT, ExtendedMind  # noqa: E402
 from memlm.training import build_datamodule  # noqa: E402
@@ -138,24 +137,18 @@ def plot_citations(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
         ax.set_xticks(range(len(document)), document, rotation=90, fontsize=5)
         ax.set_yticks(range(len(tokens)), tokens, fontsize=5)
         ax.set_xlabel("earlier tokens of the document (memory)")
-    fig.suptitle(f"ExtendedMind: share of each query's top-{head.topk} picks (all heads) per memory token")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
-    return path
+    return save(fig, f"ExtendedMind: share of each query's top-{head.topk} picks (all heads) per memory token", path)
 
 
 def plot(model, sample: dict, path: Path) -> Path:
-    batch = segmented({key: value.unsqueeze(0) if value.dim() == 2 else value for key, value in sample.items()
-                       if key in ("input_ids", "attention_mask")})
-    input_ids = torch.stack([batch.segment(k)["input_ids"] for k in range(batch.num_segments)], dim=1)
-    attention_mask = torch.stack([batch.segment(k)["attention_mask"] for k in range(batch.num_segments)], dim=1)
+    """`sample`'s (segments, length) tensors drawn as a batch of one."""
+    input_ids, attention_mask = sample["input_ids"][None], sample["attention_mask"][None]
+    num_segments = input_ids.shape[1]
     if isinstance(model.head, ExtendedMind):
         return plot_citations(model, input_ids, attention_mask, path)
     per_segment = trace(model, input_ids, attention_mask)
     tokenizer, head = model.tokenizer, model.head
-    shown = sorted({0, batch.num_segments - 1})
+    shown = sorted({0, num_segments - 1})
     last_diagnostics = per_segment[-1][1]
     extra = own_read(last_diagnostics)
     columns = 2 + (extra is not None)
@@ -171,7 +164,7 @@ def plot(model, sample: dict, path: Path) -> Path:
         kept = kept.nonzero()[:, 0].numpy()
         for column, layer in enumerate((layers[0], layers[-1])):
             draw(axes[row, column], maps[layer][np.ix_(kept, kept)], labels,
-                 f"segment {k + 1}/{batch.num_segments}, layer {layer}")
+                 f"segment {k + 1}/{num_segments}, layer {layer}")
         if extra is not None:
             ax = axes[row, 2]
             if k == shown[-1]:
@@ -187,7 +180,11 @@ def plot(model, sample: dict, path: Path) -> Path:
                 ax.set_xlabel(what)
             else:
                 ax.axis("off")
-    fig.suptitle(f"{type(head).__name__}: attention (rows attend to columns), mean over heads")
+    return save(fig, f"{type(head).__name__}: attention (rows attend to columns), mean over heads", path)
+
+
+def save(fig, title: str, path: Path) -> Path:
+    fig.suptitle(title)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=130)

@@ -4,12 +4,13 @@ retrieved keys, citations, and a fact that retrieval brings back; on GPT-2- and 
 import pytest
 import torch
 import torch.nn.functional as F
+from hydra.errors import InstantiationException
 
 from memlm.backbones import load_backbone
 from memlm.memory import Baseline, ExtendedMind
 from memlm.memory.extended_mind import attend_with_memory, remember
 from tests.conftest import compose_train
-from tests.heads import unroll
+from tests.heads import build_head, unroll
 
 GPT2 = {"model_type": "gpt2", "n_layer": 2, "n_embd": 32, "n_head": 2, "n_positions": 64}
 LLAMA = {"model_type": "llama", "num_hidden_layers": 2, "hidden_size": 32, "num_attention_heads": 4,
@@ -262,11 +263,8 @@ def test_the_head_trains_the_backbone_through_retrieval(backbone):
     ("model.memory_positions=middle", "model.memory_positions='middle'"),
 ])
 def test_impossible_settings_name_the_key(backbone, override, message):
-    from hydra.errors import InstantiationException
-    from hydra.utils import instantiate
-
     with pytest.raises(InstantiationException, match=message):
-        instantiate(compose_train(["model=extended_mind", override]).model, backbone=backbone)
+        build_head("extended_mind", backbone, override)
 
 
 def test_the_config_selects_the_head():
