@@ -1,13 +1,18 @@
 """Training and evaluation speed of memlm's heads, against the machine's own matmul.
 
     python scripts/bench_speed.py [--size default|gpt2-small] [--heads rmt armt lm2 baseline] [--segments 8]
-                                  [--batch-size 8] [--steps 5] [--precision bf16-mixed|32-true]
+                                  [--data memorize|pg19] [--batch-size 8] [--steps 5] [--precision bf16-mixed|32-true]
                                   [--memory-segments 4 16 64] [--bptt-depth 2] [--device cuda|cpu] [--out DIR]
+                                  [--profile]
 
 For each head, the median seconds of a training step (forward, chunked backward, AdamW) over --steps timed steps
-after two warm-up steps, on one fixed memorize batch of --batch-size samples of --segments segments; from it tokens/s
-and model FLOP/s. FLOPs are `memlm.flops`' count of the backbone's windows (dense attention, as torch's counter
-counts it; the heads' own read/write arithmetic left out), forward plus twice that for backward. MFU is that FLOP/s
+after two warm-up steps, on one fixed batch of --data (memorize by default; pg19 gives a language-model batch with a
+loss on every token) of --batch-size samples of --segments segments; from it tokens/s and FLOP/s. FLOPs are those
+torch's FLOP counter sees in one step: the matmuls and attention that actually run, forward and backward, the heads'
+own included. So on memorize, where only the answer's segment carries a loss, the baseline back-propagates that one
+segment while a memory head back-propagates through every segment its state reaches (all of them at the default
+BPTT depth), and `x base FLOPs` says how much more work a head does; `time/FLOP` is its step time over the
+baseline's divided by that: above 1, the head's work runs slower per FLOP than the backbone's own. MFU is FLOP/s
 over the FLOP/s of one large matmul measured in the same run (the machine's reachable peak), and, on a GPU whose
 nominal dense bf16 peak is known, over that too. Then the peak memory of a training step at --memory-segments with
 `recurrence.bptt_depth=--bptt-depth` (GPU only: torch's allocator peak), which truncated BPTT keeps flat in the
@@ -17,7 +22,10 @@ segment count. Steps of the heads run interleaved (round-robin), so a change in 
 lucidrains' recurrent-memory-transformer (`pip install -e '.[bench]'`) of the same width, depth, heads, memory
 tokens and segment length, on the same token batch, each step a full backward over all segments (theirs without
 XL memories and with one residual stream, so both do the same matmuls), interleaved. --evaluation: no-grad
-evaluation of each head per segment against the bare backbone's forward over the same segments.
+evaluation of each head per segment against the bare backbone's forward over the same segments. --profile: one
+more training step of each head under torch's profiler; prints its operators with the most self time on the device
+(the CPU's when there is no GPU) and writes profile_<head>.txt, so a head's overhead over the baseline is found by
+operator, not guessed.
 
 --size gpt2-small: a random-init GPT-2-small-sized backbone (12 layers, d=768, 12 heads, 1,024 positions) with
 512-token segments, the size of the RMT paper's GPT-2 runs; default: the embedded default config. Prints a table,
@@ -38,8 +46,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 from benchmarking import composed, machine  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-from memlm.flops import backward_flops, memory_model_flops, transformer_shape  # noqa: E402
 from memlm.training import build  # noqa: E402
 
 SIZES = {
@@ -90,14 +98,8 @@ class Contestant:
         batch = next(iter(datamodule.loader(samples)))
         self.batch = {key: value.to(device) for key, value in batch.items()}
         self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16-mixed")
-        head = self.model.head
-        shape = transformer_shape(head.backbone.model.config)
         self.tokens = batch_size * segments * datamodule.segment_length
-        scored = int((self.batch["labels"] != -100).sum()) if "labels" in self.batch else 0
-        forward = batch_size * memory_model_flops(shape, segments * datamodule.segment_length,
-                                                  datamodule.segment_length, head.extra_positions(), 0)
-        forward += 2 * scored * shape.hidden * shape.vocab
-        self.flops = forward + backward_flops(forward)
+        self.flops = 0
         self.times: list[float] = []
 
     def step(self) -> float:
@@ -107,6 +109,12 @@ class Contestant:
         if not torch.isfinite(loss):
             raise FloatingPointError(f"{self.name}: the training loss is {loss.item()}")
         return seconds
+
+    def count_flops(self) -> None:
+        """One untimed step under torch's FLOP counter: the FLOPs a step runs."""
+        with FlopCounterMode(display=False) as counter:
+            self.step()
+        self.flops = counter.get_total_flops()
 
     def train_step(self) -> torch.Tensor:
         with self.autocast:
@@ -199,21 +207,45 @@ def evaluation_rows(args, device: torch.device) -> list[dict]:
 
 
 def training_rows(args, device: torch.device, peak: float, nominal: float | None) -> list[dict]:
-    contestants = [Contestant(name, [*SIZES[args.size], *HEAD_OVERRIDES[name]], args.batch_size, args.segments,
-                              device, args.precision) for name in args.heads]
+    contestants = [Contestant(name, [*SIZES[args.size], *HEAD_OVERRIDES[name], f"data={args.data}"],
+                              args.batch_size, args.segments, device, args.precision) for name in args.heads]
+    for contestant in contestants:
+        contestant.count_flops()
     interleaved(contestants, args.steps)
     baseline = next((c for c in contestants if c.name == "baseline"), None)
     rows = []
     for contestant in contestants:
         seconds = statistics.median(contestant.times)
         tflops = contestant.flops / seconds / 1e12
-        rows.append({
-            "head": contestant.name, "step_s": seconds, "spread": max(contestant.times) / min(contestant.times),
-            "tokens_per_s": contestant.tokens / seconds, "model_tflops": tflops, "mfu_vs_matmul": tflops / peak,
-            "mfu_vs_nominal": tflops / nominal if nominal else None,
-            "vs_baseline": seconds / statistics.median(baseline.times) if baseline else None,
-        })
+        row = {"head": contestant.name, "step_s": seconds, "spread": max(contestant.times) / min(contestant.times),
+               "tokens_per_s": contestant.tokens / seconds, "gflop": contestant.flops / 1e9, "tflops": tflops,
+               "mfu_vs_matmul": tflops / peak, "mfu_vs_nominal": tflops / nominal if nominal else None,
+               "vs_baseline": None, "flops_vs_baseline": None, "time_per_flop_vs_baseline": None}
+        if baseline:
+            row["vs_baseline"] = seconds / statistics.median(baseline.times)
+            row["flops_vs_baseline"] = contestant.flops / baseline.flops
+            row["time_per_flop_vs_baseline"] = row["vs_baseline"] / row["flops_vs_baseline"]
+        rows.append(row)
     return rows
+
+
+def profile_tables(args, device: torch.device, rows: int = 25) -> dict[str, str]:
+    """Per head, the profiler's table of one training step (after two warm-up steps), by self time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    sort_by = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    tables = {}
+    for name in args.heads:
+        contestant = Contestant(name, [*SIZES[args.size], *HEAD_OVERRIDES[name]], args.batch_size, args.segments,
+                                device, args.precision)
+        contestant.step()
+        contestant.step()
+        with profile(activities=activities) as profiler:
+            contestant.step()
+        tables[name] = profiler.key_averages().table(sort_by=sort_by, row_limit=rows)
+        del contestant
+    return tables
 
 
 def memory_rows(args, device: torch.device) -> list[dict]:
@@ -236,6 +268,7 @@ def main() -> None:
     parser.add_argument("--size", choices=sorted(SIZES), default="default")
     parser.add_argument("--heads", nargs="+", choices=sorted(HEAD_OVERRIDES), default=["rmt", "baseline"])
     parser.add_argument("--segments", type=int, default=8)
+    parser.add_argument("--data", choices=["memorize", "pg19"], default="memorize")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--precision", choices=["bf16-mixed", "32-true"], default="32-true")
@@ -243,6 +276,7 @@ def main() -> None:
     parser.add_argument("--bptt-depth", type=int, default=2)
     parser.add_argument("--versus-lucidrains", action="store_true")
     parser.add_argument("--evaluation", action="store_true")
+    parser.add_argument("--profile", action="store_true")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", type=Path, default=Path("outputs/bench_speed"))
     args = parser.parse_args()
@@ -256,14 +290,17 @@ def main() -> None:
     print(f"{name}: {args.precision} matmul {peak:.1f} TFLOP/s" + (f" (nominal {nominal:.0f})" if nominal else ""))
 
     training = training_rows(args, device, peak, nominal)
-    print(f"\ntraining step, {args.size}, {args.batch_size} x {args.segments} segments, median of {args.steps}")
-    print(f"{'head':<14} {'step s':>8} {'spread':>7} {'tokens/s':>10} {'TFLOP/s':>8} {'MFU mm':>7} {'MFU nom':>8} "
-          f"{'x base':>7}")
+    print(f"\ntraining step, {args.size}, {args.data}, {args.batch_size} x {args.segments} segments, "
+          f"median of {args.steps}")
+    print(f"{'head':<14} {'step s':>7} {'spread':>6} {'tokens/s':>9} {'GFLOP':>8} {'TFLOP/s':>8} {'MFU mm':>7} "
+          f"{'MFU nom':>7} {'x base':>6} {'x base FLOPs':>12} {'time/FLOP':>9}")
     for row in training:
-        nominal_mfu = f"{row['mfu_vs_nominal']:.3f}" if row["mfu_vs_nominal"] else "-"
-        ratio = f"{row['vs_baseline']:.2f}" if row["vs_baseline"] else "-"
-        print(f"{row['head']:<14} {row['step_s']:>8.3f} {row['spread']:>7.2f} {row['tokens_per_s']:>10.0f} "
-              f"{row['model_tflops']:>8.2f} {row['mfu_vs_matmul']:>7.3f} {nominal_mfu:>8} {ratio:>7}")
+        optional = [(row["mfu_vs_nominal"], 7, 3), (row["vs_baseline"], 6, 2), (row["flops_vs_baseline"], 12, 2),
+                    (row["time_per_flop_vs_baseline"], 9, 2)]
+        print(f"{row['head']:<14} {row['step_s']:>7.3f} {row['spread']:>6.2f} {row['tokens_per_s']:>9.0f} "
+              f"{row['gflop']:>8.1f} {row['tflops']:>8.3f} {row['mfu_vs_matmul']:>7.3f} "
+              + " ".join(f"{value:>{width}.{digits}f}" if value is not None else f"{'-':>{width}}"
+                         for value, width, digits in optional))
 
     memory = memory_rows(args, device) if on_gpu and args.memory_segments else []
     if memory:
@@ -287,6 +324,9 @@ def main() -> None:
                   f"(+{row['extra_positions']} positions)")
 
     args.out.mkdir(parents=True, exist_ok=True)
+    for head, table in (profile_tables(args, device) if args.profile else {}).items():
+        print(f"\nprofile of one training step, {head}\n{table}")
+        (args.out / f"profile_{head}.txt").write_text(table)
     config = {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()}
     result = {"machine": {**machine(), "device": name}, "config": config, "matmul_tflops": peak,
               "nominal_tflops": nominal, "training": training, "memory": memory,
