@@ -72,6 +72,7 @@ class Backbone(nn.Module):
         self.model = model
         self.tokenizer = tokenizer
         self.kind = kind
+        self._unpadded = False
 
     @property
     def is_decoder(self) -> bool:
@@ -101,8 +102,25 @@ class Backbone(nn.Module):
         """Last-layer hidden states (batch, positions, hidden)."""
         # The base model skips the LM head: heads project only the positions they score, which for answer-only
         # losses is a handful of tokens instead of every position times a 50k vocabulary.
+        if self._unpadded:
+            attention_mask = None
         out = self.model.base_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, use_cache=False)
         return out.last_hidden_state
+
+    @contextmanager
+    def unpadded(self, unpadded: bool = True) -> Iterator[None]:
+        """Inside, `forward` sends the model no attention mask: the caller knows that every position is attended.
+
+        Given a mask, a Hugging Face model checks on the device whether it holds any padding, to choose between
+        its masked and its causal attention kernel; on a GPU that check stops the host at every call. The segment
+        loop knows from the batch which segments are padded (`SegmentedBatch.is_padded`), and every head extends a
+        segment's mask only with ones, so for the rest it says so here. No mask and a mask of ones select the same
+        kernel."""
+        previous, self._unpadded = self._unpadded, unpadded
+        try:
+            yield
+        finally:
+            self._unpadded = previous
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         if not self.is_decoder:

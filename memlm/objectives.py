@@ -51,10 +51,10 @@ class GenerativeAnswer(AnswerObjective):
 
     def segment_loss(self, backbone: Backbone, k: int, out: SegmentOutput, segment: dict, batch: SegmentedBatch,
                      tally: AnswerTally):
+        if not batch.is_scored(k):
+            return None
         labels = segment["labels"]
         scored = labels != IGNORE
-        if not scored.any():
-            return None
         logits, targets = scored_logits(backbone, out, labels, scored)
         wrong = (logits.argmax(-1) != targets).long()
         tally.errors.index_add_(0, scored.nonzero()[:, 0], wrong)
@@ -101,10 +101,10 @@ class LanguageModeling(nn.Module):
 
     def segment_loss(self, backbone: Backbone, k: int, out: SegmentOutput, segment: dict, batch: SegmentedBatch,
                      tally: TokenTally):
+        if not batch.is_scored(k):
+            return None
         labels = segment["labels"]
         scored = labels != IGNORE
-        if not scored.any():
-            return None
         nll = F.cross_entropy(*scored_logits(backbone, out, labels, scored), reduction="sum")
         tally.nll[k] = nll.detach()
         tally.tokens[k] = scored.sum()

@@ -39,6 +39,14 @@ def detach_state(state: MemoryState) -> MemoryState:
     return tree_map_only(torch.Tensor, torch.Tensor.detach, state)
 
 
+def read_segment(head: MemoryHead, ids: torch.Tensor, mask: torch.Tensor, state: MemoryState,
+                 embeddings: torch.Tensor | None, unpadded: bool) -> SegmentOutput:
+    """The head's call on one segment; `unpadded`: the segment has no padding (`Backbone.unpadded`). One function,
+    so a checkpointed segment recomputes under the same setting in backward."""
+    with head.backbone.unpadded(unpadded):
+        return head(ids, mask, state, embeddings)
+
+
 @dataclass(frozen=True)
 class Recurrence:
     bptt_depth: int = -1
@@ -81,10 +89,11 @@ class Recurrence:
             segment = batch.segment(k)
             ids, mask = segment["input_ids"], segment["attention_mask"]
             embeddings = window_embeddings[:, k - start] if window_embeddings is not None and k >= start else None
+            unpadded = not batch.is_padded(k)
             if k >= start and self.recompute and torch.is_grad_enabled():
-                out = checkpoint(head, ids, mask, state, embeddings, use_reentrant=False)
+                out = checkpoint(read_segment, head, ids, mask, state, embeddings, unpadded, use_reentrant=False)
             else:
-                out = head(ids, mask, state, embeddings)
+                out = read_segment(head, ids, mask, state, embeddings, unpadded)
             loss = segment_loss(k, out, segment)
             state = out.state
             if k >= start:

@@ -3,7 +3,7 @@
     python scripts/bench_speed.py [--size default|gpt2-small] [--heads rmt armt lm2 baseline] [--segments 8]
                                   [--data memorize|pg19] [--batch-size 8] [--steps 5] [--precision bf16-mixed|32-true]
                                   [--memory-segments 4 16 64] [--bptt-depth 2] [--device cuda|cpu] [--out DIR]
-                                  [--profile]
+                                  [--versus-lucidrains] [--evaluation] [--eval-segments 64] [--profile]
 
 For each head, the median seconds of a training step (forward, chunked backward, AdamW) over --steps timed steps
 after two warm-up steps, on one fixed batch of --data (memorize by default; pg19 gives a language-model batch with a
@@ -22,7 +22,9 @@ segment count. Steps of the heads run interleaved (round-robin), so a change in 
 lucidrains' recurrent-memory-transformer (`pip install -e '.[bench]'`) of the same width, depth, heads, memory
 tokens and segment length, on the same token batch, each step a full backward over all segments (theirs without
 XL memories and with one residual stream, so both do the same matmuls), interleaved. --evaluation: no-grad
-evaluation of each head per segment against the bare backbone's forward over the same segments. --profile: one
+evaluation of each head per segment against the bare backbone's forward over the same segments (--eval-segments of
+them, 64 by default, so the answer's scoring, once per sample, weighs on a segment as little as in a long evaluation),
+also divided by the head's extra positions per segment. --profile: one
 more training step of each head under torch's profiler; prints its operators with the most self time on the device
 (the CPU's when there is no GPU) and writes profile_<head>.txt, so a head's overhead over the baseline is found by
 operator, not guessed.
@@ -188,8 +190,8 @@ def evaluation_rows(args, device: torch.device) -> list[dict]:
     forward over the same segments, timed alternately."""
     rows = []
     for name in args.heads:
-        contestant = Contestant(name, [*SIZES[args.size], *HEAD_OVERRIDES[name]], args.batch_size, args.segments,
-                                device, args.precision)
+        contestant = Contestant(name, [*SIZES[args.size], *HEAD_OVERRIDES[name]], args.batch_size,
+                                args.eval_segments, device, args.precision)
         model, batch = contestant.model.eval(), contestant.batch
         runs = {"eval": partial(model.unroll, batch), "bare": partial(bare_forward, model.head.backbone, batch)}
         times = {"eval": [], "bare": []}
@@ -200,9 +202,11 @@ def evaluation_rows(args, device: torch.device) -> list[dict]:
                 for key, run in runs.items():
                     times[key].append(timed(device, run)[0])
         evaluation, plain = statistics.median(times["eval"]), statistics.median(times["bare"])
-        rows.append({"head": name, "eval_s_per_segment": evaluation / args.segments,
-                     "bare_s_per_segment": plain / args.segments, "ratio": evaluation / plain,
-                     "extra_positions": model.head.extra_positions()})
+        positions = batch["input_ids"].shape[-1]
+        extra = model.head.extra_positions()
+        rows.append({"head": name, "eval_s_per_segment": evaluation / args.eval_segments,
+                     "bare_s_per_segment": plain / args.eval_segments, "ratio": evaluation / plain,
+                     "extra_positions": extra, "ratio_per_position": evaluation / plain / (1 + extra / positions)})
     return rows
 
 
@@ -276,6 +280,7 @@ def main() -> None:
     parser.add_argument("--bptt-depth", type=int, default=2)
     parser.add_argument("--versus-lucidrains", action="store_true")
     parser.add_argument("--evaluation", action="store_true")
+    parser.add_argument("--eval-segments", type=int, default=64)
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", type=Path, default=Path("outputs/bench_speed"))
@@ -317,11 +322,11 @@ def main() -> None:
 
     evaluation = evaluation_rows(args, device) if args.evaluation else []
     if evaluation:
-        print(f"\nevaluation per segment against the bare backbone, {args.batch_size} x {args.segments} segments")
+        print(f"\nevaluation per segment against the bare backbone, {args.batch_size} x {args.eval_segments} segments")
         for row in evaluation:
             print(f"{row['head']:<14} {row['eval_s_per_segment'] * 1e3:>8.2f} ms  bare "
                   f"{row['bare_s_per_segment'] * 1e3:.2f} ms  x{row['ratio']:.2f}  "
-                  f"(+{row['extra_positions']} positions)")
+                  f"(+{row['extra_positions']} positions: x{row['ratio_per_position']:.2f} per position)")
 
     args.out.mkdir(parents=True, exist_ok=True)
     for head, table in (profile_tables(args, device) if args.profile else {}).items():

@@ -204,3 +204,47 @@ def test_every_head_gets_the_plain_gradients_from_a_chunked_backward(name):
     assert plain.keys() == chunked.keys() and plain
     for parameter in plain:
         torch.testing.assert_close(chunked[parameter], plain[parameter], rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("recompute", [False, True])
+def test_the_model_gets_an_attention_mask_only_for_padded_segments_and_the_same_gradients(recompute):
+    head, batch = tiny_rmt(), make_batch(4, answer_segments=[2])
+    masks = []
+    hook = head.backbone.model.base_model.register_forward_pre_hook(
+        lambda module, args, kwargs: masks.append(kwargs["attention_mask"]), with_kwargs=True)
+    try:
+        _, unpadded = run(head, batch, Recurrence(-1, recompute=recompute), chunked=True)
+        assert masks and all(mask is None for mask in masks)
+        masks.clear()
+        padded = dict(batch, attention_mask=batch["attention_mask"].clone())
+        padded["attention_mask"][0, 3, -3:] = 0  # only the last segment of one sample is padded
+        run(head, padded, Recurrence(-1, recompute=recompute), chunked=True)
+    finally:
+        hook.remove()
+    # Segments 0-2 read without a mask (with recompute, again in backward, under the same setting); segment 3, after
+    # the answer and so never recomputed, with its padded one.
+    with_mask = [mask for mask in masks if mask is not None]
+    assert len(with_mask) == 1 and with_mask[0].shape == (2, SEGMENT + 6) and (with_mask[0] == 0).sum() == 3
+    assert len(masks) == 1 + (6 if recompute else 3)
+    # No mask and a mask of ones are the same attention: the gradients match a run that passes the ones.
+    head.backbone._unpadded = False
+    with_ones = WholeBatch(batch)
+    with_ones.padded = [True] * 4
+    objective, plain = GenerativeAnswer(), Recurrence(-1)
+    tally = objective.start(with_ones)
+    head.zero_grad(set_to_none=True)
+    plain.run(head, with_ones, lambda k, out, segment: objective.segment_loss(head.backbone, k, out, segment,
+                                                                              with_ones, tally),
+              lambda loss: loss.backward())
+    for name, parameter in head.named_parameters():
+        if parameter.grad is not None:
+            torch.testing.assert_close(parameter.grad, unpadded[name], rtol=1e-5, atol=1e-7)
+
+
+def test_a_batch_knows_on_the_host_which_segments_are_scored_and_padded():
+    batch = make_batch(4, answer_segments=[1, 3])
+    batch["attention_mask"][1, 3, -2:] = 0
+    whole = WholeBatch(batch)
+    assert [whole.is_scored(k) for k in range(4)] == [False, True, False, True]
+    assert [whole.is_padded(k) for k in range(4)] == [False, False, False, True]
+    assert whole.num_scored == 2 * 2 * 2

@@ -50,9 +50,12 @@ def test_a_streamed_batch_gives_the_collated_batch_segment_by_segment(tokenizer,
     for k in range(num_segments):
         for key, value in whole.segment(k).items():
             assert torch.equal(streamed.segment(k)[key], value), (k, key)
+        assert (streamed.is_scored(k), streamed.is_padded(k)) == (whole.is_scored(k), whole.is_padded(k)), k
         # One block is held at a time, whatever the length.
         assert streamed._block[1]["input_ids"].shape[1] <= 3
     assert torch.equal(streamed["class_label"], whole["class_label"])
+    # Detect's answer is in the last segment: only that one is scored.
+    assert [whole.is_scored(k) for k in range(num_segments)] == [False] * 10 + [True]
     assert read == [(3, 4 * 3 * 32), (6, 4 * 3 * 32), (9, 4 * 3 * 32), (11, 4 * 2 * 32)]
 
 
