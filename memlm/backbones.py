@@ -28,6 +28,7 @@ from transformers import (
     AutoModel,
     AutoModelForCausalLM,
     AutoTokenizer,
+    Cache,
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
@@ -98,12 +99,18 @@ class Backbone(nn.Module):
         ids = torch.full((batch_size, 1), token_id, dtype=torch.long, device=self.embedding.weight.device)
         return self.embed(ids)
 
-    def forward(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Last-layer hidden states (batch, positions, hidden)."""
+    def forward(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                cache: Cache | None = None) -> torch.Tensor:
+        """Last-layer hidden states (batch, positions, hidden). With `cache` (a decoder's key/value cache), the
+        positions continue those the cache holds, which they attend to, and their keys and values are added to it;
+        every position is attended (generation)."""
         # The base model skips the LM head: heads project only the positions they score, which for answer-only
         # losses is a handful of tokens instead of every position times a 50k vocabulary.
         if self._unpadded:
             attention_mask = None
+        if cache is not None:
+            return self.model.base_model(inputs_embeds=inputs_embeds, cache=cache,
+                                         use_cache=True).last_hidden_state
         out = self.model.base_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, use_cache=False)
         return out.last_hidden_state
 

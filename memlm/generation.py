@@ -3,8 +3,15 @@
 The prompt is read segment by segment into memory, as in training; its last (possibly partial) segment stays
 open, and tokens are generated into it. When the open segment is full, its memory is committed and a new segment
 starts with the token just generated: exactly the alignment of training, where a segment's last position predicts
-the next segment's first token. The open segment is re-read at every step (no key/value cache), which costs at most
-one segment's worth of attention per token and works unchanged for every head.
+the next segment's first token.
+
+A head that can read its open segment incrementally (`MemoryHead.caches_open_segment`: the baseline, RMT, ARMT,
+LM2 and LRMT) keeps the open segment's keys and values in a cache, so each new token is one position's forward.
+The write runs once the segment is complete: from the cache, reading only the write's own positions, for heads
+whose write positions follow the tokens (`MemoryHead.writes_from_cache`: the baseline, which writes nothing, RMT
+and ARMT); by reading the segment again for LM2 and LRMT, whose writes read every token's states. Any other head
+(HMT, whose retrieval depends on the segment's first tokens; Extended Mind) re-reads the open segment at every
+step, at most one segment's worth of attention per token.
 """
 
 from __future__ import annotations
@@ -12,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+from transformers import DynamicCache, LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
 from memlm.memory.base import MemoryHead
 
@@ -69,24 +76,48 @@ def generate(
         segment = prompt_ids[:, start : start + segment_length]
         state = head(segment, torch.ones_like(segment), state).state
     open_segment = prompt_ids[:, committed:]
+    reader = _OpenSegment(head, state, open_segment)
     warpers = sampling.warpers()
     finished = torch.zeros(batch, dtype=torch.bool, device=prompt_ids.device)
     new_tokens = []
     for _ in range(sampling.max_new_tokens):
-        out = head(open_segment, torch.ones_like(open_segment), state)
-        logits = head.backbone.logits(out.token_states[:, -1]).float()
+        logits = head.backbone.logits(reader.last_hidden).float()
         token = _choose(logits, warpers, sampling.do_sample, generator)
         if sampling.stop_at_eos and eos is not None:
             token = torch.where(finished, torch.full_like(token, eos), token)
             finished |= token == eos
         new_tokens.append(token)
-        if open_segment.shape[1] == segment_length:
-            state, open_segment = out.state, token[:, None]
-        else:
-            open_segment = torch.cat([open_segment, token[:, None]], dim=1)
-        if finished.all():
+        if finished.all() or len(new_tokens) == sampling.max_new_tokens:
             break
+        if reader.segment.shape[1] == segment_length:
+            reader = _OpenSegment(head, reader.committed(), token[:, None])
+        else:
+            reader.append(token[:, None])
     return torch.stack(new_tokens, dim=1)
+
+
+class _OpenSegment:
+    """The segment being generated into: its tokens, the memory it reads, and its last position's hidden state."""
+
+    def __init__(self, head: MemoryHead, state, tokens: torch.Tensor):
+        self.head, self.state, self.segment = head, state, tokens
+        self.cache = DynamicCache() if head.caches_open_segment else None
+        self.last_hidden = self._read(tokens)
+
+    def _read(self, new_tokens: torch.Tensor) -> torch.Tensor:
+        if self.cache is not None:
+            return self.head.extend(new_tokens, self.state, self.cache)[:, -1]
+        return self.head(self.segment, torch.ones_like(self.segment), self.state).token_states[:, -1]
+
+    def append(self, tokens: torch.Tensor) -> None:
+        self.segment = torch.cat([self.segment, tokens], dim=1)
+        self.last_hidden = self._read(tokens)
+
+    def committed(self):
+        """The memory after writing the complete segment."""
+        if self.cache is not None and self.head.writes_from_cache:
+            return self.head.written_from_cache(self.state, self.cache)
+        return self.head(self.segment, torch.ones_like(self.segment), self.state).state
 
 
 def _choose(logits, warpers, do_sample: bool, generator) -> torch.Tensor:

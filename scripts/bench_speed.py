@@ -4,6 +4,8 @@
                                   [--data memorize|pg19] [--batch-size 8] [--steps 5] [--precision bf16-mixed|32-true]
                                   [--memory-segments 4 16 64] [--bptt-depth 2] [--device cuda|cpu] [--out DIR]
                                   [--versus-lucidrains] [--evaluation] [--eval-segments 64] [--profile]
+                                  [--generation] [--generation-segments 32 1024] [--prompt-tokens 512]
+                                  [--new-tokens 64]
 
 For each head, the median seconds of a training step (forward, chunked backward, AdamW) over --steps timed steps
 after two warm-up steps, on one fixed batch of --data (memorize by default; pg19 gives a language-model batch with a
@@ -24,7 +26,11 @@ tokens and segment length, on the same token batch, each step a full backward ov
 XL memories and with one residual stream, so both do the same matmuls), interleaved. --evaluation: no-grad
 evaluation of each head per segment against the bare backbone's forward over the same segments (--eval-segments of
 them, 64 by default, so the answer's scoring, once per sample, weighs on a segment as little as in a long evaluation),
-also divided by the head's extra positions per segment. --profile: one
+also divided by the head's extra positions per segment. --generation: greedy generation at batch 1 on SmolLM2-135M
+(`backbone=smollm2`, offline from `python -m memlm.assets smollm2-135m`), a --prompt-tokens prompt and
+--new-tokens new tokens, end to end, memlm's `generate` with the baseline and RMT (untrained memory: speed only) at
+each of --generation-segments tokens per segment against Hugging Face's `generate` with its key/value cache over
+the whole prompt, interleaved. --profile: one
 more training step of each head under torch's profiler; prints its operators with the most self time on the device
 (the CPU's when there is no GPU) and writes profile_<head>.txt, so a head's overhead over the baseline is found by
 operator, not guessed.
@@ -163,6 +169,39 @@ def interleaved(contestants: list, steps: int) -> None:
             contestant.times.append(contestant.step())
 
 
+def generation_rows(args, device: torch.device) -> list[dict]:
+    """Seconds of one greedy generation per contender, interleaved, and each over Hugging Face's."""
+    from memlm.generation import Sampling, generate
+
+    contenders, hf = {}, None
+    for segment_length in args.generation_segments:
+        for name in ("baseline", "rmt"):
+            cfg = composed("train", ["backbone=smollm2", f"model={name}", f"data.segment_length={segment_length}",
+                                     "run_dir=unused"])
+            _, model = build(cfg)
+            head = model.head.to(device).eval()
+            hf = hf or head.backbone.model
+            contenders[f"memlm {name}, {segment_length}-token segments"] = partial(
+                generate, head, segment_length=segment_length,
+                sampling=Sampling(max_new_tokens=args.new_tokens, stop_at_eos=False))
+    tokenizer = model.tokenizer
+    text = " ".join(["The morning was cold and the road to the village was long."] * args.prompt_tokens)
+    prompt = tokenizer(text, return_tensors="pt")["input_ids"][:, : args.prompt_tokens].to(device)
+    contenders["Hugging Face generate (cache)"] = lambda ids: hf.generate(
+        ids, attention_mask=torch.ones_like(ids), max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens,
+        do_sample=False, use_cache=True, pad_token_id=tokenizer.eos_token_id)
+    times = {name: [] for name in contenders}
+    with torch.no_grad():
+        for run in contenders.values():
+            run(prompt)
+        for _ in range(args.steps):
+            for name, run in contenders.items():
+                times[name].append(timed(device, partial(run, prompt))[0])
+    reference = statistics.median(times["Hugging Face generate (cache)"])
+    return [{"generator": name, "seconds": statistics.median(values), "spread": max(values) / min(values),
+             "vs_hf_generate": statistics.median(values) / reference} for name, values in times.items()]
+
+
 def lucidrains_rows(args, device: torch.device) -> list[dict]:
     try:
         import recurrent_memory_transformer_pytorch  # noqa: F401
@@ -282,6 +321,10 @@ def main() -> None:
     parser.add_argument("--evaluation", action="store_true")
     parser.add_argument("--eval-segments", type=int, default=64)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--generation", action="store_true")
+    parser.add_argument("--generation-segments", type=int, nargs="+", default=[32, 1024])
+    parser.add_argument("--prompt-tokens", type=int, default=512)
+    parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", type=Path, default=Path("outputs/bench_speed"))
     args = parser.parse_args()
@@ -328,6 +371,14 @@ def main() -> None:
                   f"{row['bare_s_per_segment'] * 1e3:.2f} ms  x{row['ratio']:.2f}  "
                   f"(+{row['extra_positions']} positions: x{row['ratio_per_position']:.2f} per position)")
 
+    generation = generation_rows(args, device) if args.generation else []
+    if generation:
+        print(f"\ngreedy generation, SmolLM2-135M, batch 1, {args.prompt_tokens}-token prompt, {args.new_tokens} new "
+              f"tokens, median of {args.steps}")
+        for row in generation:
+            print(f"{row['generator']:<40} {row['seconds']:>7.3f} s (spread {row['spread']:.2f})  "
+                  f"x{row['vs_hf_generate']:.2f} Hugging Face's")
+
     args.out.mkdir(parents=True, exist_ok=True)
     for head, table in (profile_tables(args, device) if args.profile else {}).items():
         print(f"\nprofile of one training step, {head}\n{table}")
@@ -335,7 +386,8 @@ def main() -> None:
     config = {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()}
     result = {"machine": {**machine(), "device": name}, "config": config, "matmul_tflops": peak,
               "nominal_tflops": nominal, "training": training, "memory": memory,
-              "lucidrains": lucidrains, "evaluation": evaluation, "size_overrides": SIZES[args.size]}
+              "lucidrains": lucidrains, "evaluation": evaluation, "generation": generation,
+              "size_overrides": SIZES[args.size]}
     path = args.out / "bench_speed.json"
     path.write_text(json.dumps(result, indent=2))
     print(f"\nwritten: {path}")

@@ -42,6 +42,46 @@ def test_greedy_generation_follows_the_segment_recurrence(backbone, name, prompt
     assert torch.equal(new, predicted[:, prompt_length - 1 : -1])
 
 
+LLAMA = {"model_type": "llama", "num_hidden_layers": 2, "hidden_size": 32, "num_attention_heads": 2,
+         "num_key_value_heads": 1, "intermediate_size": 64, "max_position_embeddings": 64}
+
+
+@pytest.mark.parametrize("name", list(HEADS))
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_a_head_that_caches_its_open_segment_reads_each_new_token_once(backbone, name, family):
+    if family == "llama":
+        torch.manual_seed(0)
+        backbone = load_backbone(kind="causal", tokenizer="gpt2-tokenizer", tiny=LLAMA)
+    torch.manual_seed(3)
+    head = build_head(name, backbone).eval()
+    calls = []
+    hook = head.backbone.model.base_model.register_forward_pre_hook(
+        lambda module, args, kwargs: calls.append((kwargs["inputs_embeds"].shape[1], kwargs.get("cache"))),
+        with_kwargs=True)
+    prompt = torch.randint(1000, 20000, (2, 4), generator=torch.Generator().manual_seed(4))
+    try:
+        new = generate(head, prompt, SEGMENT, Sampling(max_new_tokens=9, stop_at_eos=False))
+    finally:
+        hook.remove()
+    predicted = teacher_forced_argmax(head, torch.cat([prompt, new], dim=1))
+    assert torch.equal(new, predicted[:, 3:-1])
+    if not head.caches_open_segment:
+        assert all(cache is None for _, cache in calls)
+        return
+    # The prompt's 4 tokens (after the positions the memory is read from, if the head has any) open the segment
+    # and give the first new token; each of the other 8 is one position's read: 2 fill the segment, which is then
+    # written, and the next segment opens with the memory's positions and the token that did not fit. The write
+    # reads only its own positions after the cached segment, or, for a head that cannot, the whole segment again.
+    cached = [positions for positions, cache in calls if cache is not None]
+    read, write = cached[0] - 4, head.extra_positions() - (cached[0] - 4)
+    if head.writes_from_cache:
+        expected, uncached = [4 + read, 1, 1] + ([write] if write else []) + [1 + read] + [1] * 5, []
+    else:
+        expected, uncached = [4 + read, 1, 1, 1 + read] + [1] * 5, [SEGMENT + head.extra_positions()]
+    assert cached == expected
+    assert [positions for positions, cache in calls if cache is None] == uncached
+
+
 def test_sampling_is_reproducible_and_top_k_one_is_greedy(backbone):
     head = RMT(backbone, num_mem_tokens=2).eval()
     prompt = torch.randint(1000, 20000, (3, 8), generator=torch.Generator().manual_seed(5))

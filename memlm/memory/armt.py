@@ -43,6 +43,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers import Cache
 
 from memlm.backbones import Backbone
 from memlm.memory.base import MemoryHead, MemoryState, SegmentOutput, memory_layers, pad_mask
@@ -149,17 +150,43 @@ class ARMT(MemoryHead):
     def extra_positions(self) -> int:
         return self.num_mem_tokens
 
+    caches_open_segment = True
+
+    def extend(self, input_ids: torch.Tensor, state: MemoryState, cache: Cache) -> torch.Tensor:
+        with self.backbone.intercepting(before=self._reading(state)):
+            return self.backbone(self.backbone.embed(input_ids), cache=cache)
+
+    writes_from_cache = True
+
+    def written_from_cache(self, state: MemoryState, cache: Cache) -> MemoryState:
+        memory_outputs: list[torch.Tensor | None] = [None] * len(self.layers)
+
+        def keep_memory_outputs(index: int, block_input: torch.Tensor, hidden: torch.Tensor) -> None:
+            if index in self.slot_of_block:
+                memory_outputs[self.slot_of_block[index]] = hidden
+
+        batch = state[0][0].shape[0]
+        memory_tokens = self.memory.to(self.backbone.embedding.weight.dtype).unsqueeze(0).expand(batch, -1, -1)
+        with self.backbone.intercepting(before=self._reading(state), after=keep_memory_outputs):
+            self.backbone(memory_tokens, cache=cache)
+        return tuple(memory.write(memory_outputs[i], *state[i]) for i, memory in enumerate(self.memories))
+
+    def _reading(self, state: MemoryState):
+        """The block interceptor that adds each memory layer's read to that block's input."""
+
+        def add_read(index: int, hidden: torch.Tensor) -> torch.Tensor | None:
+            if index not in self.slot_of_block:
+                return None
+            slot = self.slot_of_block[index]
+            return self.memories[slot].read(hidden, *state[slot])
+
+        return add_read
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, state: MemoryState,
                 token_embeddings: torch.Tensor | None = None) -> SegmentOutput:
         m = self.num_mem_tokens
         slot_of_block = self.slot_of_block
         memory_outputs: list[torch.Tensor | None] = [None] * len(self.layers)
-
-        def add_read(index: int, hidden: torch.Tensor) -> torch.Tensor | None:
-            if index not in slot_of_block:
-                return None
-            slot = slot_of_block[index]
-            return self.memories[slot].read(hidden, *state[slot])
 
         def keep_memory_outputs(index: int, block_input: torch.Tensor, hidden: torch.Tensor) -> None:
             if index in slot_of_block:
@@ -167,7 +194,7 @@ class ARMT(MemoryHead):
 
         tokens = self.embed_tokens(input_ids, token_embeddings)
         memory_tokens = self.memory.to(tokens.dtype).unsqueeze(0).expand(tokens.shape[0], -1, -1)
-        with self.backbone.intercepting(before=add_read, after=keep_memory_outputs):
+        with self.backbone.intercepting(before=self._reading(state), after=keep_memory_outputs):
             hidden = self.backbone(torch.cat([tokens, memory_tokens], dim=1), pad_mask(attention_mask, 0, m))
         next_state = tuple(memory.write(memory_outputs[i], *state[i]) for i, memory in enumerate(self.memories))
         token_states = hidden[:, :-m]

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from transformers import Cache
 
 from memlm.backbones import Backbone
 
@@ -59,6 +60,27 @@ class MemoryHead(nn.Module):
         """Process one segment of (batch, segment_length) token ids given the memory; return outputs and new memory.
         `token_embeddings`, if given, are the ids' embeddings already looked up (`embed_tokens`)."""
         raise NotImplementedError
+
+    caches_open_segment = False
+    """Whether `extend` is implemented: generation then reads each new token once instead of re-reading the open
+    segment for every token."""
+
+    def extend(self, input_ids: torch.Tensor, state: MemoryState, cache: Cache) -> torch.Tensor:
+        """Last hidden states (batch, n, hidden) of the open segment's next n tokens, which attend to its earlier
+        tokens through `cache` (their keys and values; an empty cache: these are the segment's first tokens, and
+        the head adds what it reads the memory with). The reading half of `forward`, without the write, which
+        generation does once the segment is complete. A decoder head whose read is causal can implement it."""
+        raise NotImplementedError(f"{type(self).__name__} does not cache its open segment")
+
+    writes_from_cache = False
+    """Whether `written_from_cache` is implemented: generation then commits a complete segment from its cache
+    instead of reading it again."""
+
+    def written_from_cache(self, state: MemoryState, cache: Cache) -> MemoryState:
+        """The memory after the open segment, complete, whose keys and values `cache` holds (`extend`): `forward`'s
+        write, reading only what the write adds after the tokens. A head whose write reads only positions after
+        the segment's tokens can implement it."""
+        raise NotImplementedError(f"{type(self).__name__} writes from the whole segment")
 
     def embed_tokens(self, input_ids: torch.Tensor, token_embeddings: torch.Tensor | None) -> torch.Tensor:
         """The segment's token embeddings: those the segment loop looked up for the whole BPTT window at once, or

@@ -25,6 +25,7 @@ import math
 
 import torch
 from torch import nn
+from transformers import Cache
 
 from memlm.backbones import Backbone
 from memlm.memory.base import MemoryHead, MemoryState, SegmentOutput
@@ -86,6 +87,15 @@ class LM2(MemoryHead):
 
     def extra_positions(self) -> int:
         return 0  # memory lives beside attention, not in the sequence
+
+    caches_open_segment = True
+
+    def extend(self, input_ids: torch.Tensor, state: MemoryState, cache: Cache) -> torch.Tensor:
+        def add_read(index: int, block_input: torch.Tensor, block_output: torch.Tensor) -> torch.Tensor:
+            return block_output + self.memories[index].read(block_input, state[:, index])[0]
+
+        with self.backbone.intercepting(after=add_read):
+            return self.backbone(self.backbone.embed(input_ids), cache=cache)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, state: MemoryState,
                 token_embeddings: torch.Tensor | None = None) -> SegmentOutput:

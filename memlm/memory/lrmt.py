@@ -59,6 +59,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
+from transformers import Cache
 
 from memlm.backbones import Backbone
 from memlm.memory.base import MemoryHead, MemoryState, SegmentOutput, memory_layers
@@ -145,6 +146,18 @@ class LRMT(MemoryHead):
 
     def extra_positions(self) -> int:
         return 0  # memory lives beside attention, not in the sequence
+
+    caches_open_segment = True
+
+    def extend(self, input_ids: torch.Tensor, state: MemoryState, cache: Cache) -> torch.Tensor:
+        def read(index: int, block_input: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor | None:
+            if index not in self.slot_of_block:
+                return None
+            slot = self.slot_of_block[index]
+            return self.reads[slot](hidden, state["memories"][:, slot], state["valid"])[0]
+
+        with self.backbone.intercepting(after=read):
+            return self.backbone(self.backbone.embed(input_ids), cache=cache)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, state: MemoryState,
                 token_embeddings: torch.Tensor | None = None) -> SegmentOutput:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from transformers import Cache
 
 from memlm.backbones import Backbone
 from memlm.memory.base import MemoryHead, MemoryState, SegmentOutput, frame_for_encoder, pad_mask
@@ -82,6 +83,26 @@ class RMT(MemoryHead):
         hidden = self.backbone(frame_for_encoder(self.backbone, [state], tokens), pad_mask(attention_mask, m + 2, 1))
         memory, penalty = self._written(hidden[:, 1 : m + 1], state)
         return SegmentOutput(hidden[:, m + 2 : -1], hidden[:, 0], memory, penalty=penalty)
+
+    @property
+    def caches_open_segment(self) -> bool:
+        return self.backbone.is_decoder
+
+    def extend(self, input_ids: torch.Tensor, state: MemoryState, cache: Cache) -> torch.Tensor:
+        tokens = self.backbone.embed(input_ids)
+        if cache.get_seq_length() > 0:
+            return self.backbone(tokens, cache=cache)
+        m = self.num_mem_tokens
+        return self.backbone(torch.cat([state, tokens], dim=1), cache=cache)[:, m:]
+
+    @property
+    def writes_from_cache(self) -> bool:
+        return self.backbone.is_decoder
+
+    def written_from_cache(self, state: MemoryState, cache: Cache) -> MemoryState:
+        # The write positions follow the tokens, which the cache holds: the same positions and attention as in
+        # forward's one pass.
+        return self._written(self.backbone(state, cache=cache), state)[0]
 
     def _written(self, new: torch.Tensor, old: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The memory the next segment reads (the write positions' outputs, or their gated mix with the old) and
