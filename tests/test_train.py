@@ -14,7 +14,7 @@ import torch
 from hydra.errors import InstantiationException, MissingConfigException
 
 from memlm.checkpointing import load_initial_weights
-from memlm.module import MemoryLM
+from memlm.module import MemoryLM, clippable_norm
 from memlm.training import build, train
 from tests.conftest import FAST, REPO, SMALL_RMT, TINY_BERT, TINY_GPT2, compose_train
 from tests.heads import HEADS
@@ -228,3 +228,25 @@ def test_initial_weights_from_another_head_are_refused(fast_cfg, memorize_run):
     checkpoint, _ = memorize_run
     with pytest.raises(ValueError, match="init_weights.*does not match"):
         train(fast_cfg(f"init_weights={checkpoint}", head=["model=hmt", *HMT_SMALL]))
+
+
+def test_a_finite_gradient_whose_norm_overflows_float32_is_clipped_as_in_float64():
+    torch.manual_seed(0)
+    grads = [torch.randn(50, 40) * 1e25, torch.randn(7) * 1e24]
+    assert not torch.isfinite(torch.nn.utils.get_total_norm(grads))  # squares past float32's range
+    exact = torch.cat([grad.double().flatten() for grad in grads]).norm()
+    clipped_exact = [grad.double() / exact for grad in grads]  # clipped to norm 1
+    parameters = [torch.nn.Parameter(torch.zeros_like(grad)) for grad in grads]
+    for parameter, grad in zip(parameters, grads, strict=True):
+        parameter.grad = grad.clone()
+    norm = clippable_norm([parameter.grad for parameter in parameters])
+    assert norm.dtype == torch.float64 and norm.item() == pytest.approx(exact.item(), rel=1e-5)
+    torch.nn.utils.clip_grad_norm_(parameters, max_norm=1.0)
+    for parameter, expected in zip(parameters, clipped_exact, strict=True):
+        torch.testing.assert_close(parameter.grad.double(), expected, rtol=1e-5, atol=1e-9)
+
+
+def test_a_gradient_with_an_infinite_element_still_reads_as_non_finite():
+    grads = [torch.tensor([1.0, float("inf")]), torch.ones(3)]
+    assert not torch.isfinite(clippable_norm(grads))
+    assert torch.equal(grads[1], torch.ones(3))  # nothing rescaled
