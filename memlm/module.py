@@ -27,6 +27,9 @@ from memlm.objectives import build_objective
 from memlm.recurrence import Recurrence
 from memlm.sharding import release, shard
 
+FUSED_ADAMW_DEVICES = ("cpu", "cuda", "mps")
+"""Devices with torch's fused AdamW kernel."""
+
 
 class MemoryLM(L.LightningModule):
     def __init__(
@@ -164,11 +167,15 @@ class MemoryLM(L.LightningModule):
                                      f"({', '.join(broken[:3])}, ...); refusing to write them over a good checkpoint")
 
     def configure_optimizers(self):
+        # The fused kernel updates each tensor in one pass: on the 2-core CPU, AdamW over the default model's
+        # parameters (the 50k x 128 embedding most of them) takes 3.9 ms a step instead of 13.1 with the foreach
+        # default, about a tenth of an RMT step; at d=512, 16 ms instead of 90.
         optimizer = torch.optim.AdamW(
             self.parameters(),
             lr=self.optim["lr"],
             weight_decay=self.optim["weight_decay"],
             betas=tuple(self.optim["betas"]),
+            fused=self.device.type in FUSED_ADAMW_DEVICES,
         )
         scheduler = get_scheduler(
             self.optim["schedule"],

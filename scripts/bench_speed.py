@@ -1,6 +1,6 @@
 """Training and evaluation speed of memlm's heads, against the machine's own matmul.
 
-    python scripts/bench_speed.py [--size default|gpt2-small] [--heads rmt armt lm2 baseline] [--segments 8]
+    python scripts/bench_speed.py [--size default|d512|gpt2-small] [--heads rmt armt lm2 baseline] [--segments 8]
                                   [--data memorize|pg19] [--batch-size 8] [--steps 5] [--precision bf16-mixed|32-true]
                                   [--memory-segments 4 16 64] [--bptt-depth 2] [--device cuda|cpu] [--out DIR]
                                   [--versus-lucidrains] [--evaluation] [--eval-segments 64] [--profile]
@@ -36,7 +36,8 @@ more training step of each head under torch's profiler; prints its operators wit
 operator, not guessed.
 
 --size gpt2-small: a random-init GPT-2-small-sized backbone (12 layers, d=768, 12 heads, 1,024 positions) with
-512-token segments, the size of the RMT paper's GPT-2 runs; default: the embedded default config. Prints a table,
+512-token segments, the size of the RMT paper's GPT-2 runs; d512: 4 layers, d=512, 8 heads, the default's 32-token
+segments (issue 14's FLOP/s yardstick); default: the embedded default config. Prints a table,
 writes bench_speed.json under --out.
 """
 
@@ -56,10 +57,12 @@ import torch  # noqa: E402
 from benchmarking import composed, machine  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
+from memlm.module import FUSED_ADAMW_DEVICES  # noqa: E402
 from memlm.training import build  # noqa: E402
 
 SIZES = {
     "default": [],
+    "d512": ["backbone.tiny.n_layer=4", "backbone.tiny.n_embd=512", "backbone.tiny.n_head=8"],
     "gpt2-small": ["backbone.tiny.n_layer=12", "backbone.tiny.n_embd=768", "backbone.tiny.n_head=12",
                    "backbone.tiny.n_positions=1024", "data.segment_length=512"],
 }
@@ -91,6 +94,11 @@ def matmul_tflops(device: torch.device, dtype: torch.dtype, size: int, repeats: 
     return 2 * size**3 / statistics.median(times) / 1e12
 
 
+def adamw(model: torch.nn.Module, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW as training builds it (`MemoryLM.configure_optimizers`: the fused kernel where there is one)."""
+    return torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type in FUSED_ADAMW_DEVICES)
+
+
 class Contestant:
     """One head's model, optimiser and fixed batch, stepped on demand."""
 
@@ -101,7 +109,7 @@ class Contestant:
         datamodule, model = build(cfg)
         self.name, self.device, self.segments = name, device, segments
         self.model = model.to(device).train()
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4)
+        self.optimizer = adamw(self.model, device)
         samples = datamodule.samples("validation", segments, batch_size)
         batch = next(iter(datamodule.loader(samples)))
         self.batch = {key: value.to(device) for key, value in batch.items()}
@@ -146,7 +154,7 @@ class Lucidrains(Contestant):
             use_xl_memories=False, num_residual_streams=1)
         self.name, self.device, self.tokens, self.times = "lucidrains", memlm.device, memlm.tokens, []
         self.model = RecurrentMemoryTransformerWrapper(model).to(memlm.device).train()
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4)
+        self.optimizer = adamw(self.model, memlm.device)
         self.ids = memlm.batch["input_ids"].flatten(1)
         self.ids = torch.cat([self.ids, self.ids[:, -1:]], dim=1)  # it predicts x[1:] from x[:-1]
         self.autocast = memlm.autocast

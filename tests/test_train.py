@@ -250,3 +250,8 @@ def test_a_gradient_with_an_infinite_element_still_reads_as_non_finite():
     grads = [torch.tensor([1.0, float("inf")]), torch.ones(3)]
     assert not torch.isfinite(clippable_norm(grads))
     assert torch.equal(grads[1], torch.ones(3))  # nothing rescaled
+
+
+def test_training_steps_with_the_fused_adamw(memorize_run):
+    checkpoint = torch.load(memorize_run[0], weights_only=True)
+    assert [group["fused"] for group in checkpoint["optimizer_states"][0]["param_groups"]] == [True]
