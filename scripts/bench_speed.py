@@ -181,18 +181,15 @@ def generation_rows(args, device: torch.device) -> list[dict]:
     """Seconds of one greedy generation per contender, interleaved, and each over Hugging Face's."""
     from memlm.generation import Sampling, generate
 
-    contenders, hf = {}, None
-    for segment_length in args.generation_segments:
-        for name in ("baseline", "rmt"):
-            cfg = composed("train", ["backbone=smollm2", f"model={name}", f"data.segment_length={segment_length}",
-                                     "run_dir=unused"])
-            _, model = build(cfg)
-            head = model.head.to(device).eval()
-            hf = hf or head.backbone.model
+    contenders = {}
+    for name in ("baseline", "rmt"):
+        _, model = build(composed("train", ["backbone=smollm2", f"model={name}", "run_dir=unused"]))
+        head = model.head.to(device).eval()
+        for segment_length in args.generation_segments:
             contenders[f"memlm {name}, {segment_length}-token segments"] = partial(
                 generate, head, segment_length=segment_length,
                 sampling=Sampling(max_new_tokens=args.new_tokens, stop_at_eos=False))
-    tokenizer = model.tokenizer
+    hf, tokenizer = head.backbone.model, head.backbone.tokenizer
     text = " ".join(["The morning was cold and the road to the village was long."] * args.prompt_tokens)
     prompt = tokenizer(text, return_tensors="pt")["input_ids"][:, : args.prompt_tokens].to(device)
     contenders["Hugging Face generate (cache)"] = lambda ids: hf.generate(

@@ -227,7 +227,6 @@ def test_the_model_gets_an_attention_mask_only_for_padded_segments_and_the_same_
     assert len(with_mask) == 1 and with_mask[0].shape == (2, SEGMENT + 6) and (with_mask[0] == 0).sum() == 3
     assert len(masks) == 1 + (6 if recompute else 3)
     # No mask and a mask of ones are the same attention: the gradients match a run that passes the ones.
-    head.backbone._unpadded = False
     with_ones = WholeBatch(batch)
     with_ones.padded = [True] * 4
     objective, plain = GenerativeAnswer(), Recurrence(-1)

@@ -159,17 +159,26 @@ class ARMT(MemoryHead):
     writes_from_cache = True
 
     def written_from_cache(self, state: MemoryState, cache: Cache) -> MemoryState:
+        memory_tokens = self._memory_tokens(state[0][0].shape[0], self.backbone.embedding.weight.dtype)
+        return self._read_and_written(memory_tokens, None, state, cache)[1]
+
+    def _memory_tokens(self, batch: int, dtype: torch.dtype) -> torch.Tensor:
+        return self.memory.to(dtype).unsqueeze(0).expand(batch, -1, -1)
+
+    def _read_and_written(self, inputs: torch.Tensor, attention_mask: torch.Tensor | None, state: MemoryState,
+                          cache: Cache | None = None) -> tuple[torch.Tensor, MemoryState]:
+        """The backbone's hidden states over `inputs`, whose last m positions are the memory tokens, with the
+        memory read before each memory layer; and the memory those positions' outputs write."""
+        m = self.num_mem_tokens
         memory_outputs: list[torch.Tensor | None] = [None] * len(self.layers)
 
         def keep_memory_outputs(index: int, block_input: torch.Tensor, hidden: torch.Tensor) -> None:
             if index in self.slot_of_block:
-                memory_outputs[self.slot_of_block[index]] = hidden
+                memory_outputs[self.slot_of_block[index]] = hidden[:, -m:]
 
-        batch = state[0][0].shape[0]
-        memory_tokens = self.memory.to(self.backbone.embedding.weight.dtype).unsqueeze(0).expand(batch, -1, -1)
         with self.backbone.intercepting(before=self._reading(state), after=keep_memory_outputs):
-            self.backbone(memory_tokens, cache=cache)
-        return tuple(memory.write(memory_outputs[i], *state[i]) for i, memory in enumerate(self.memories))
+            hidden = self.backbone(inputs, attention_mask, cache=cache)
+        return hidden, tuple(memory.write(memory_outputs[i], *state[i]) for i, memory in enumerate(self.memories))
 
     def _reading(self, state: MemoryState):
         """The block interceptor that adds each memory layer's read to that block's input."""
@@ -185,17 +194,8 @@ class ARMT(MemoryHead):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, state: MemoryState,
                 token_embeddings: torch.Tensor | None = None) -> SegmentOutput:
         m = self.num_mem_tokens
-        slot_of_block = self.slot_of_block
-        memory_outputs: list[torch.Tensor | None] = [None] * len(self.layers)
-
-        def keep_memory_outputs(index: int, block_input: torch.Tensor, hidden: torch.Tensor) -> None:
-            if index in slot_of_block:
-                memory_outputs[slot_of_block[index]] = hidden[:, -m:]
-
         tokens = self.embed_tokens(input_ids, token_embeddings)
-        memory_tokens = self.memory.to(tokens.dtype).unsqueeze(0).expand(tokens.shape[0], -1, -1)
-        with self.backbone.intercepting(before=self._reading(state), after=keep_memory_outputs):
-            hidden = self.backbone(torch.cat([tokens, memory_tokens], dim=1), pad_mask(attention_mask, 0, m))
-        next_state = tuple(memory.write(memory_outputs[i], *state[i]) for i, memory in enumerate(self.memories))
+        inputs = torch.cat([tokens, self._memory_tokens(tokens.shape[0], tokens.dtype)], dim=1)
+        hidden, next_state = self._read_and_written(inputs, pad_mask(attention_mask, 0, m), state)
         token_states = hidden[:, :-m]
         return SegmentOutput(token_states, token_states[:, -1], next_state)
