@@ -105,11 +105,15 @@ class MemoryLM(L.LightningModule):
         optimizer.zero_grad()
         batch = segmented(batch)
         loss, tally, penalty = self(batch, backward=self.manual_backward)
-        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        parameters = [p for p in self.parameters() if p.grad is not None]
+        grads = [p.grad for p in parameters]
         # A loss scaler (16-mixed) makes infinite gradients on purpose and skips those steps itself.
-        scaled = getattr(self.trainer.precision_plugin, "scaler", None) is not None
+        scaled = self._loss_scaled()
         clipped = self.optim["gradient_clip_val"] is not None and not scaled
-        grad_norm = clippable_norm(grads) if clipped else torch.nn.utils.get_total_norm(grads)
+        if clipped:
+            clip_norm, grad_norm = clippable_norm(grads)
+        else:
+            grad_norm = torch.nn.utils.get_total_norm(grads)
         if not torch.isfinite(loss) or not (scaled or torch.isfinite(grad_norm)):
             raise FloatingPointError(
                 f"step {self.global_step}: the training loss is {loss.item()} and the gradient norm "
@@ -117,9 +121,15 @@ class MemoryLM(L.LightningModule):
                 f"finite ones. Lower optim.lr (now {self.optim['lr']}) or optim.gradient_clip_val, or raise "
                 "optim.warmup_steps; with a mixed precision try trainer.precision=32-true"
             )
-        self.clip_gradients(
-            optimizer, gradient_clip_val=self.optim["gradient_clip_val"], gradient_clip_algorithm="norm"
-        )
+        if clipped:
+            # Clipped here with the norm already computed, not through Lightning's precision plugin, which
+            # refuses a fused optimizer under any mixed precision (bf16-mixed included, which has no scaler).
+            torch.nn.utils.clip_grads_with_norm_(parameters, self.optim["gradient_clip_val"], clip_norm)
+        elif scaled:
+            # The plugin unscales the gradients before it clips them.
+            self.clip_gradients(
+                optimizer, gradient_clip_val=self.optim["gradient_clip_val"], gradient_clip_algorithm="norm"
+            )
         optimizer.step()
         self.lr_schedulers().step()
         batch_size, num_segments = batch.size, batch.num_segments
@@ -166,6 +176,9 @@ class MemoryLM(L.LightningModule):
             raise FloatingPointError(f"step {self.global_step}: {len(broken)} weight tensors hold NaN or infinity "
                                      f"({', '.join(broken[:3])}, ...); refusing to write them over a good checkpoint")
 
+    def _loss_scaled(self) -> bool:
+        return getattr(self.trainer.precision_plugin, "scaler", None) is not None
+
     def configure_optimizers(self):
         # The fused kernel updates each tensor in one pass: on the 2-core CPU, AdamW over the default model's
         # parameters (the 50k x 128 embedding most of them) takes 3.9 ms a step instead of 13.1 with the foreach
@@ -175,7 +188,8 @@ class MemoryLM(L.LightningModule):
             lr=self.optim["lr"],
             weight_decay=self.optim["weight_decay"],
             betas=tuple(self.optim["betas"]),
-            fused=self.device.type in FUSED_ADAMW_DEVICES,
+            # Under a loss scaler Lightning unscales the gradients itself, which a fused optimizer refuses.
+            fused=self.device.type in FUSED_ADAMW_DEVICES and not self._loss_scaled(),
         )
         scheduler = get_scheduler(
             self.optim["schedule"],
@@ -186,22 +200,23 @@ class MemoryLM(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
-def clippable_norm(grads: list[torch.Tensor]) -> torch.Tensor:
-    """The gradients' total norm, for a step that clips them to a norm.
+def clippable_norm(grads: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The gradients' total norm as they are after this call, to clip them with, and their true norm.
 
     A gradient exploding through the recurrence can be finite in every element and still have a norm float32
     cannot hold (elements past ~1e19 square beyond its range): a detect run trained on 32 segments met one at step
     1064, and its norm read as infinite. Clipping to a norm does not depend on the gradient's scale, so such
     gradients are first divided by their largest element, which makes the norm finite and leaves the clipped
-    update as it would be. The norm returned is the true one, in float64 (logged as `train/grad_norm`).
+    update as it would be. The true norm is then given in float64 (it is logged as `train/grad_norm`).
     """
     norm = torch.nn.utils.get_total_norm(grads)
     if torch.isfinite(norm) or not all(bool(torch.isfinite(grad).all()) for grad in grads):
-        return norm
+        return norm, norm
     largest = torch.stack([grad.abs().max() for grad in grads]).max()
     for grad in grads:
         grad.div_(largest)
-    return torch.nn.utils.get_total_norm(grads).double() * largest.double()
+    norm = torch.nn.utils.get_total_norm(grads)
+    return norm, norm.double() * largest.double()
 
 
 def non_finite_tensors(state_dict: dict[str, torch.Tensor]) -> list[str]:
