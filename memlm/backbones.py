@@ -13,6 +13,7 @@ forks modeling code, and `Backbone.forward` pays nothing for them when they are 
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -74,6 +75,11 @@ class Backbone(nn.Module):
         self.tokenizer = tokenizer
         self.kind = kind
         self._unpadded = False
+        # transformers 5 renamed the models' `past_key_values` argument to `cache` in a minor release, and takes
+        # unknown keywords silently, so a cache passed by the wrong name is dropped and each generated token reads
+        # nothing before it (seen with 5.17 on a GPU machine: BABILong answers garbled after their first token).
+        parameters = inspect.signature(model.base_model.forward).parameters
+        self._cache_keyword = "cache" if "cache" in parameters else "past_key_values"
 
     @property
     def is_decoder(self) -> bool:
@@ -109,8 +115,8 @@ class Backbone(nn.Module):
         if self._unpadded:
             attention_mask = None
         if cache is not None:
-            return self.model.base_model(inputs_embeds=inputs_embeds, cache=cache,
-                                         use_cache=True).last_hidden_state
+            return self.model.base_model(inputs_embeds=inputs_embeds, use_cache=True,
+                                         **{self._cache_keyword: cache}).last_hidden_state
         out = self.model.base_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, use_cache=False)
         return out.last_hidden_state
 

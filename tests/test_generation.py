@@ -56,7 +56,8 @@ def test_a_head_that_caches_its_open_segment_reads_each_new_token_once(backbone,
     head = build_head(name, backbone).eval()
     calls = []
     hook = head.backbone.model.base_model.register_forward_pre_hook(
-        lambda module, args, kwargs: calls.append((kwargs["inputs_embeds"].shape[1], kwargs.get("cache"))),
+        lambda module, args, kwargs: calls.append(
+            (kwargs["inputs_embeds"].shape[1], kwargs.get("cache", kwargs.get("past_key_values")))),
         with_kwargs=True)
     prompt = torch.randint(1000, 20000, (2, 4), generator=torch.Generator().manual_seed(4))
     try:
