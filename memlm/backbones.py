@@ -120,6 +120,18 @@ class Backbone(nn.Module):
         out = self.model.base_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, use_cache=False)
         return out.last_hidden_state
 
+    def compile_blocks(self) -> None:
+        """`torch.compile` each block's forward (`backbone.compile=true`).
+
+        The block's forward, not the module: the seams' hooks (`intercepting`) then run around the compiled code
+        instead of being traced into it, where registering them for every segment would invalidate the compiled
+        graph each time. The blocks are where the FLOPs are; the heads' own few operations stay eager. Parameter
+        names and checkpoints are unchanged. A head that attends through the seam (`attending`) runs its Python
+        function inside the block, where dynamo breaks the graph around it.
+        """
+        for block in self.blocks:
+            block.forward = torch.compile(block.forward)
+
     @contextmanager
     def unpadded(self, unpadded: bool = True) -> Iterator[None]:
         """Inside, `forward` sends the model no attention mask: the caller knows that every position is attended.
@@ -315,10 +327,12 @@ def load_backbone(
     tokenizer: str | None = None,
     tiny: dict | None = None,
     dtype: str = "float32",
+    compile: bool = False,
 ) -> Backbone:
     """Load a pretrained backbone, or build one with random weights from `tiny` (a transformers config dict).
 
-    `tiny` needs `model_type` and the model's size keys; the vocabulary comes from the tokenizer.
+    `tiny` needs `model_type` and the model's size keys; the vocabulary comes from the tokenizer. `compile`:
+    `Backbone.compile_blocks`.
     """
     if (name_or_path is None) == (tiny is None):
         raise ValueError("set exactly one of backbone.name_or_path (pretrained) or backbone.tiny (random init)")
@@ -332,4 +346,7 @@ def load_backbone(
     else:
         model = _from_pretrained(auto.from_pretrained, name_or_path, "backbone.name_or_path",
                                  dtype=getattr(torch, dtype))
-    return Backbone(model, tok, kind)
+    backbone = Backbone(model, tok, kind)
+    if compile:
+        backbone.compile_blocks()
+    return backbone

@@ -5,7 +5,7 @@
                                   [--memory-segments 4 16 64] [--bptt-depth 2] [--device cuda|cpu] [--out DIR]
                                   [--versus-lucidrains] [--evaluation] [--eval-segments 64] [--profile]
                                   [--generation] [--generation-segments 32 1024] [--prompt-tokens 512]
-                                  [--new-tokens 64]
+                                  [--new-tokens 64] [--compile]
 
 For each head, the median seconds of a training step (forward, chunked backward, AdamW) over --steps timed steps
 after two warm-up steps, on one fixed batch of --data (memorize by default; pg19 gives a language-model batch with a
@@ -33,7 +33,8 @@ each of --generation-segments tokens per segment against Hugging Face's `generat
 the whole prompt, interleaved. --profile: one
 more training step of each head under torch's profiler; prints its operators with the most self time on the device
 (the CPU's when there is no GPU) and writes profile_<head>.txt, so a head's overhead over the baseline is found by
-operator, not guessed.
+operator, not guessed. --compile: each head also with `backbone.compile=true` (every block's forward through
+torch.compile), named `<head>+compile`, after two untimed steps that compile it, interleaved with the eager ones.
 
 --size gpt2-small: a random-init GPT-2-small-sized backbone (12 layers, d=768, 12 heads, 1,024 positions) with
 512-token segments, the size of the RMT paper's GPT-2 runs; d512: 4 layers, d=512, 8 heads, the default's 32-token
@@ -259,6 +260,16 @@ def training_rows(args, device: torch.device, peak: float, nominal: float | None
                               args.batch_size, args.segments, device, args.precision) for name in args.heads]
     for contestant in contestants:
         contestant.count_flops()
+    if args.compile:
+        for eager in list(contestants):
+            compiled = Contestant(f"{eager.name}+compile", [*SIZES[args.size], *HEAD_OVERRIDES[eager.name],
+                                                             f"data={args.data}", "backbone.compile=true"],
+                                  args.batch_size, args.segments, device, args.precision)
+            # The first steps compile (forward, then backward); the compiled model runs the eager one's FLOPs.
+            compiled.step()
+            compiled.step()
+            compiled.flops = eager.flops
+            contestants.append(compiled)
     interleaved(contestants, args.steps)
     baseline = next((c for c in contestants if c.name == "baseline"), None)
     rows = []
@@ -326,6 +337,8 @@ def main() -> None:
     parser.add_argument("--evaluation", action="store_true")
     parser.add_argument("--eval-segments", type=int, default=64)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time each head with backbone.compile=true (torch.compile of every block)")
     parser.add_argument("--generation", action="store_true")
     parser.add_argument("--generation-segments", type=int, nargs="+", default=[32, 1024])
     parser.add_argument("--prompt-tokens", type=int, default=512)
@@ -345,12 +358,12 @@ def main() -> None:
     training = training_rows(args, device, peak, nominal)
     print(f"\ntraining step, {args.size}, {args.data}, {args.batch_size} x {args.segments} segments, "
           f"median of {args.steps}")
-    print(f"{'head':<14} {'step s':>7} {'spread':>6} {'tokens/s':>9} {'GFLOP':>8} {'TFLOP/s':>8} {'MFU mm':>7} "
+    print(f"{'head':<17} {'step s':>7} {'spread':>6} {'tokens/s':>9} {'GFLOP':>8} {'TFLOP/s':>8} {'MFU mm':>7} "
           f"{'MFU nom':>7} {'x base':>6} {'x base FLOPs':>12} {'time/FLOP':>9}")
     for row in training:
         optional = [(row["mfu_vs_nominal"], 7, 3), (row["vs_baseline"], 6, 2), (row["flops_vs_baseline"], 12, 2),
                     (row["time_per_flop_vs_baseline"], 9, 2)]
-        print(f"{row['head']:<14} {row['step_s']:>7.3f} {row['spread']:>6.2f} {row['tokens_per_s']:>9.0f} "
+        print(f"{row['head']:<17} {row['step_s']:>7.3f} {row['spread']:>6.2f} {row['tokens_per_s']:>9.0f} "
               f"{row['gflop']:>8.1f} {row['tflops']:>8.3f} {row['mfu_vs_matmul']:>7.3f} "
               + " ".join(f"{value:>{width}.{digits}f}" if value is not None else f"{'-':>{width}}"
                          for value, width, digits in optional))
@@ -372,7 +385,7 @@ def main() -> None:
     if evaluation:
         print(f"\nevaluation per segment against the bare backbone, {args.batch_size} x {args.eval_segments} segments")
         for row in evaluation:
-            print(f"{row['head']:<14} {row['eval_s_per_segment'] * 1e3:>8.2f} ms  bare "
+            print(f"{row['head']:<17} {row['eval_s_per_segment'] * 1e3:>8.2f} ms  bare "
                   f"{row['bare_s_per_segment'] * 1e3:.2f} ms  x{row['ratio']:.2f}  "
                   f"(+{row['extra_positions']} positions: x{row['ratio_per_position']:.2f} per position)")
 

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from memlm.backbones import ATTENDING, load_backbone
+from tests.heads import build_head, unroll
 from tests.test_causality import GPT2, LLAMA
 
 LENGTH = 7
@@ -193,3 +194,30 @@ def test_a_family_outside_the_attention_registry_is_named(backbone, monkeypatch)
     with pytest.raises(ValueError, match=f"{name} does not route its attention"), backbone.attending(pass_through):
         pass
     assert backbone.model.config._attn_implementation == "sdpa"
+
+
+# ---------------------------------------------------------------------------------------------- compile
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["rmt", "armt"])
+def test_compiled_blocks_give_the_eager_outputs_and_gradients(name):
+    """`backbone.compile=true`, for a head around the blocks (RMT) and one inside them through block hooks
+    (ARMT): the same outputs, gradients and parameter names as the eager backbone."""
+    heads = {}
+    for compiled in (False, True):
+        torch.manual_seed(0)
+        backbone = load_backbone(kind="causal", tokenizer="gpt2-tokenizer", tiny=GPT2, compile=compiled)
+        heads[compiled] = build_head(name, backbone).eval()  # no dropout: both draw the same outputs
+    assert heads[True].state_dict().keys() == heads[False].state_dict().keys()
+    ids = torch.randint(1000, 20000, (2, 3, LENGTH), generator=torch.Generator().manual_seed(2))
+    outputs, grads = {}, {}
+    for compiled, head in heads.items():
+        states = torch.cat([output.token_states for output in unroll(head, ids)], dim=1)
+        states.square().mean().backward()
+        outputs[compiled] = states.detach()
+        grads[compiled] = {key: p.grad for key, p in head.named_parameters() if p.grad is not None}
+    torch.testing.assert_close(outputs[True], outputs[False], rtol=1e-4, atol=1e-5)
+    assert grads[True].keys() == grads[False].keys()
+    for key, grad in grads[False].items():
+        torch.testing.assert_close(grads[True][key], grad, rtol=1e-3, atol=1e-5, msg=key)
