@@ -338,6 +338,8 @@ def load_backbone(
         raise ValueError("set exactly one of backbone.name_or_path (pretrained) or backbone.tiny (random init)")
     if kind not in KINDS:
         raise ValueError(f"backbone.kind={kind!r} is not one of {KINDS}")
+    if not isinstance(compile, bool):
+        raise ValueError(f"backbone.compile={compile!r} must be true or false")
     tok = backbone_tokenizer(name_or_path, tokenizer)
     auto = AutoModelForCausalLM if kind == "causal" else AutoModel
     if tiny is not None:

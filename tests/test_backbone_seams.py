@@ -199,6 +199,11 @@ def test_a_family_outside_the_attention_registry_is_named(backbone, monkeypatch)
 # ---------------------------------------------------------------------------------------------- compile
 
 
+def test_a_compile_setting_that_is_not_a_boolean_is_named():
+    with pytest.raises(ValueError, match="backbone.compile='yes' must be true or false"):
+        load_backbone(kind="causal", tokenizer="gpt2-tokenizer", tiny=GPT2, compile="yes")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["rmt", "armt"])
 def test_compiled_blocks_give_the_eager_outputs_and_gradients(name):
