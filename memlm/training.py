@@ -11,6 +11,7 @@ import lightning as L
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import get_class, instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
@@ -95,7 +96,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     with RunLock(run_dir) if is_first_process() else contextlib.nullcontext():
         if is_first_process():
             remove_partial_saves(run_dir)
-            check_room_for_checkpoints(run_dir, model)
+            # With periodic checkpoints switched off (callbacks.model_checkpoint=null) only a SIGTERM writes one.
+            if any(isinstance(callback, ModelCheckpoint) for callback in callbacks):
+                check_room_for_checkpoints(run_dir, model)
         ckpt_path = resume_checkpoint(cfg.ckpt_path, run_dir)
         if ckpt_path is not None:
             check_resumable(ckpt_path, cfg)

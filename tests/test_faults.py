@@ -189,6 +189,13 @@ def test_a_full_disk_is_found_at_start_not_after_a_validation_interval(fast_cfg,
         train(fast_cfg())
 
 
+def test_a_run_without_periodic_checkpoints_does_not_ask_for_room_for_them(fast_cfg, tmp_path, monkeypatch):
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9 - 1000, 1000))
+    metrics = train(fast_cfg("callbacks.model_checkpoint=null"))
+    assert "val/accuracy_2seg" in metrics
+    assert not list((tmp_path / "checkpoints").glob("*.ckpt"))
+
+
 def test_a_failed_save_leaves_no_partial_file_and_says_what_to_do(tmp_path, monkeypatch):
     def fill_the_disk(self, checkpoint, path, storage_options=None):
         Path(path).write_bytes(b"half a checkpoint")
