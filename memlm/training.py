@@ -11,7 +11,6 @@ import lightning as L
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import get_class, instantiate
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
@@ -96,8 +95,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     with RunLock(run_dir) if is_first_process() else contextlib.nullcontext():
         if is_first_process():
             remove_partial_saves(run_dir)
-            # With periodic checkpoints switched off (callbacks.model_checkpoint=null) only a SIGTERM writes one.
-            if any(isinstance(callback, ModelCheckpoint) for callback in callbacks):
+            # Lightning's own ModelCheckpoint counts: it stands in when callbacks.model_checkpoint=null, unless
+            # trainer.enable_checkpointing=false, and then only a SIGTERM writes a checkpoint.
+            if trainer.checkpoint_callbacks:
                 check_room_for_checkpoints(run_dir, model)
         ckpt_path = resume_checkpoint(cfg.ckpt_path, run_dir)
         if ckpt_path is not None:

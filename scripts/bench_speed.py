@@ -256,15 +256,16 @@ def evaluation_rows(args, device: torch.device) -> list[dict]:
 
 
 def training_rows(args, device: torch.device, peak: float, nominal: float | None) -> list[dict]:
-    contestants = [Contestant(name, [*SIZES[args.size], *HEAD_OVERRIDES[name], f"data={args.data}"],
-                              args.batch_size, args.segments, device, args.precision) for name in args.heads]
-    for contestant in contestants:
-        contestant.count_flops()
+    def contestant(name: str, *overrides: str, label: str | None = None) -> Contestant:
+        return Contestant(label or name, [*SIZES[args.size], *HEAD_OVERRIDES[name], f"data={args.data}", *overrides],
+                          args.batch_size, args.segments, device, args.precision)
+
+    contestants = [contestant(name) for name in args.heads]
+    for eager in contestants:
+        eager.count_flops()
     if args.compile:
         for eager in list(contestants):
-            compiled = Contestant(f"{eager.name}+compile", [*SIZES[args.size], *HEAD_OVERRIDES[eager.name],
-                                                             f"data={args.data}", "backbone.compile=true"],
-                                  args.batch_size, args.segments, device, args.precision)
+            compiled = contestant(eager.name, "backbone.compile=true", label=f"{eager.name}+compile")
             # The first steps compile (forward, then backward); the compiled model runs the eager one's FLOPs.
             compiled.step()
             compiled.step()

@@ -30,7 +30,8 @@ def test_rmt_trains_on_a_pretrained_backbone(tmp_path, backbone):
     cfg = compose_train([
         f"backbone={backbone}", f"run_dir={tmp_path}", "model.num_mem_tokens=4", "data.batch_size=2",
         "data.val_samples=2", "curriculum.segments=[2]", "trainer.max_steps=1", "trainer.limit_train_batches=1",
-        "callbacks.model_checkpoint=null", "callbacks.progress_bar=null", "logger=none",
+        "callbacks.model_checkpoint=null", "trainer.enable_checkpointing=false", "callbacks.progress_bar=null",
+        "logger=none",
     ])
     datamodule, model = build(cfg)
     datamodule.prepare_data()

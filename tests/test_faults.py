@@ -183,17 +183,26 @@ def test_sigterm_saves_a_checkpoint_exits_143_and_the_run_resumes(background, tm
     assert steps(last) == stopped_at + 3
 
 
-def test_a_full_disk_is_found_at_start_not_after_a_validation_interval(fast_cfg, tmp_path, monkeypatch):
+@pytest.fixture
+def full_disk(monkeypatch):
+    """Every path reports 1,000 bytes free."""
     monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9 - 1000, 1000))
+
+
+def test_a_full_disk_is_found_at_start_not_after_a_validation_interval(fast_cfg, full_disk):
     with pytest.raises(OSError, match=r"has 0 MiB free, and a checkpoint of this model needs about"):
         train(fast_cfg())
 
 
-def test_a_run_without_periodic_checkpoints_does_not_ask_for_room_for_them(fast_cfg, tmp_path, monkeypatch):
-    monkeypatch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10**9, 10**9 - 1000, 1000))
-    metrics = train(fast_cfg("callbacks.model_checkpoint=null"))
+def test_lightnings_default_checkpoint_is_checked_for_room_too(fast_cfg, full_disk):
+    with pytest.raises(OSError, match=r"has 0 MiB free, and a checkpoint of this model needs about"):
+        train(fast_cfg("callbacks.model_checkpoint=null"))
+
+
+def test_a_run_without_periodic_checkpoints_does_not_ask_for_room_for_them(fast_cfg, tmp_path, full_disk):
+    metrics = train(fast_cfg("callbacks.model_checkpoint=null", "trainer.enable_checkpointing=false"))
     assert "val/accuracy_2seg" in metrics
-    assert not list((tmp_path / "checkpoints").glob("*.ckpt"))
+    assert not list(tmp_path.rglob("*.ckpt"))
 
 
 def test_a_failed_save_leaves_no_partial_file_and_says_what_to_do(tmp_path, monkeypatch):
