@@ -55,8 +55,12 @@ def test_answers_are_greedy_generations_after_the_whole_prompt(qa1_checkpoint):
     model, _ = load_checkpoint(str(checkpoint))
     prompts = [babilong_eval.Prompt(list(range(300 + n, 500 + n)), "Where is Mary?", "garden") for n in range(3)]
 
-    answers = babilong_eval.generated_answers(model.head, prompts, 128, batch_size=2, max_new_tokens=3)
+    read = []
 
+    answers = babilong_eval.generated_answers(model.head, prompts, 128, batch_size=2, max_new_tokens=3,
+                                              progress=read.append)
+
+    assert read == [2 * 200, 200]  # the prompt tokens of each batch, as it is done
     for prompt, answer in zip(prompts, answers, strict=True):
         alone = generate(model.head, torch.tensor([prompt.ids]), 128, Sampling(max_new_tokens=3))
         assert answer == model.tokenizer.decode(alone[0], skip_special_tokens=True)
@@ -68,7 +72,7 @@ def test_every_task_scores_generated_answers_with_the_official_rule(memorize_run
     checkpoint, _ = memorize_run  # a memorize checkpoint: BABILong tasks are asked for explicitly
     seen = []
 
-    def answers(head, prompts, segment_length, batch_size, max_new_tokens):
+    def answers(head, prompts, segment_length, batch_size, max_new_tokens, progress):
         seen.extend(prompts)
         return [answer or prompt.target.upper() + ". Office." for prompt in prompts]
 
@@ -82,6 +86,25 @@ def test_every_task_scores_generated_answers_with_the_official_rule(memorize_run
     assert {len(prompt.ids) for prompt in seen if len(prompt.ids) > 200} == {1024 - 2}
 
 
+def test_each_task_and_length_shows_its_progress_and_accuracy(memorize_run, tmp_path, monkeypatch, capsys):
+    checkpoint, _ = memorize_run
+
+    def answers(head, prompts, segment_length, batch_size, max_new_tokens, progress):
+        for prompt in prompts:
+            progress(len(prompt.ids))
+        return [prompt.target if index % 2 else "nowhere" for index, prompt in enumerate(prompts)]
+
+    monkeypatch.setattr(babilong_eval, "generated_answers", answers)
+    evaluate(eval_cfg(f"ckpt_path={checkpoint}", "babilong.tasks=[qa1,qa2]", "babilong.lengths=[0k,1k]",
+                      "samples=4", f"out_dir={tmp_path / 'eval'}"))
+
+    shown = capsys.readouterr().err
+    for cell in ["qa1 0k", "qa1 1k", "qa2 0k", "qa2 1k"]:
+        last = shown.split(cell)[-1].splitlines()[0]
+        assert "100%" in last and "accuracy 0.50" in last, (cell, last)
+    assert "4.09k/4.09k" in shown.split("qa1 1k")[-1]  # four prompts of 1,024 tokens less two
+
+
 def test_published_samples_are_prompted_as_input_then_question(memorize_run, tmp_path, monkeypatch):
     checkpoint, _ = memorize_run
     records = [{"input": f"Mary moved to the office. Day {n} was long.", "question": "Where is Mary?",
@@ -90,7 +113,7 @@ def test_published_samples_are_prompted_as_input_then_question(memorize_run, tmp
     (tmp_path / "babilong" / "qa1" / "0k.json").write_text(json.dumps(records))
     seen = []
 
-    def answers(head, prompts, segment_length, batch_size, max_new_tokens):
+    def answers(head, prompts, segment_length, batch_size, max_new_tokens, progress):
         seen.extend(head.backbone.tokenizer.decode(prompt.ids) for prompt in prompts)
         return ["office"] * len(prompts)
 

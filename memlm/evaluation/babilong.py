@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,7 @@ import torch
 from hydra.utils import get_class
 from lightning.pytorch.plugins.precision import MixedPrecision
 from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
 
 from memlm.data.babilong import answer_is_correct, length_tokens, published_samples
 from memlm.data.facts import FactTaskDataModule, encode_in_text
@@ -106,8 +108,9 @@ def precision_context(precision: str, device: torch.device) -> contextlib.Abstra
 
 @torch.no_grad()
 def generated_answers(head: MemoryHead, prompts: list[Prompt], segment_length: int, batch_size: int,
-                      max_new_tokens: int) -> list[str]:
-    """Each prompt's greedy answer as text; prompts of equal length share a batch."""
+                      max_new_tokens: int, progress: Callable[[int], object] | None = None) -> list[str]:
+    """Each prompt's greedy answer as text; prompts of equal length share a batch. `progress` is called after
+    each batch with the number of prompt tokens it read."""
     device = next(head.parameters()).device
     tokenizer = head.backbone.tokenizer
     answers: list[str] = [""] * len(prompts)
@@ -121,6 +124,8 @@ def generated_answers(head: MemoryHead, prompts: list[Prompt], segment_length: i
             new = generate(head, ids, segment_length, Sampling(max_new_tokens=max_new_tokens))
             for i, tokens in zip(batch, new.tolist(), strict=True):
                 answers[i] = tokenizer.decode(tokens, skip_special_tokens=True)
+            if progress is not None:
+                progress(ids.numel())
     return answers
 
 
@@ -146,12 +151,16 @@ def evaluate_babilong(cfg: DictConfig, model: MemoryLM, checkpoint: dict, data: 
         accuracy[name], samples[name] = {}, {}
         for length in cfg.babilong.lengths:
             prompts = source.prompts(name, length)
-            with precision_context(str(cfg.precision), device):
-                answers = generated_answers(head, prompts, data.segment_length, cfg.batch_size,
-                                            cfg.babilong.max_new_tokens)
-            correct = [answer_is_correct(prompt.target, answer, prompt.question, task(name).labels)
-                       for prompt, answer in zip(prompts, answers, strict=True)]
-            accuracy[name][length] = sum(correct) / len(correct)
+            # A long length runs for many minutes (Extended Mind at 8k: half an hour), so it shows its progress.
+            with tqdm(total=sum(len(prompt.ids) for prompt in prompts), desc=f"{name} {length}", unit="tok",
+                      unit_scale=True, dynamic_ncols=True, mininterval=1.0) as bar:
+                with precision_context(str(cfg.precision), device):
+                    answers = generated_answers(head, prompts, data.segment_length, cfg.batch_size,
+                                                cfg.babilong.max_new_tokens, progress=bar.update)
+                correct = [answer_is_correct(prompt.target, answer, prompt.question, task(name).labels)
+                           for prompt, answer in zip(prompts, answers, strict=True)]
+                accuracy[name][length] = sum(correct) / len(correct)
+                bar.set_postfix_str(f"accuracy {accuracy[name][length]:.2f}")
             samples[name][length] = len(correct)
     report = TaskLengthReport(accuracy, samples)
     report.write(Path(cfg.out_dir), title=f"BABILong accuracy ({source.source}, {cfg.split})")
