@@ -23,11 +23,11 @@ import torch
 from hydra.utils import get_class
 from lightning.pytorch.plugins.precision import MixedPrecision
 from omegaconf import DictConfig, OmegaConf
-from tqdm.auto import tqdm
 
 from memlm.data.babilong import answer_is_correct, length_tokens, published_samples
 from memlm.data.facts import FactTaskDataModule, encode_in_text
 from memlm.data.tasks import babilong_tasks, task
+from memlm.evaluation.lengths import token_bar
 from memlm.evaluation.reports import TaskLengthReport
 from memlm.generation import Sampling, generate
 from memlm.memory.base import MemoryHead
@@ -152,8 +152,7 @@ def evaluate_babilong(cfg: DictConfig, model: MemoryLM, checkpoint: dict, data: 
         for length in cfg.babilong.lengths:
             prompts = source.prompts(name, length)
             # A long length runs for many minutes (Extended Mind at 8k: half an hour), so it shows its progress.
-            with tqdm(total=sum(len(prompt.ids) for prompt in prompts), desc=f"{name} {length}", unit="tok",
-                      unit_scale=True, dynamic_ncols=True, mininterval=1.0) as bar:
+            with token_bar(sum(len(prompt.ids) for prompt in prompts), f"{name} {length}") as bar:
                 with precision_context(str(cfg.precision), device):
                     answers = generated_answers(head, prompts, data.segment_length, cfg.batch_size,
                                                 cfg.babilong.max_new_tokens, progress=bar.update)

@@ -38,6 +38,12 @@ def segment_counts(lengths: list[int], unit: str, segment_length: int) -> list[i
     return sorted(set(lengths))
 
 
+def token_bar(total_tokens: int, description: str) -> tqdm:
+    """The progress bar every evaluation shows over the tokens it reads: tokens/s and time left."""
+    return tqdm(total=total_tokens, desc=description, unit="tok", unit_scale=True, dynamic_ncols=True,
+                mininterval=1.0)
+
+
 class TokenProgress:
     """A progress bar over one length's tokens (tokens/s, time left, and the segment the batch is at), opened at
     its first block so that the lengths' bars follow one another."""
@@ -49,8 +55,7 @@ class TokenProgress:
 
     def __call__(self, segments_read: int, tokens: int) -> None:
         if self.bar is None:
-            self.bar = tqdm(total=self.total_tokens, desc=f"{self.num_segments} segments", unit="tok",
-                            unit_scale=True, dynamic_ncols=True, mininterval=1.0)
+            self.bar = token_bar(self.total_tokens, f"{self.num_segments} segments")
         self.bar.set_postfix_str(f"segment {segments_read}/{self.num_segments}", refresh=False)
         self.bar.update(tokens)
         if self.bar.n >= self.total_tokens:
