@@ -11,7 +11,8 @@ otherwise), segment length (`data=babilong`: 128 tokens), batch, optimiser and n
 `--segment-range`. Each last checkpoint is evaluated by `eval.py` on `--samples` generated prompts per length
 (test split of the background, so unseen books), answers generated greedily and scored with BABILong's rule.
 `--reuse` evaluates existing checkpoints under --out instead of training again (longer lengths for the best heads:
-`--heads armt rmt --tasks qa1 --lengths 64k 128k 1M --reuse`). Prints a head x task table per length and writes
+`--heads armt rmt --tasks qa1 --lengths 64k 128k 1M --reuse`), and refuses before evaluating anything if a head x
+task has no training record there. Prints a head x task table per length and writes
 bench_babilong.json and a task x length heatmap per head (`<head>/babilong_accuracy.png`) under --out.
 """
 
@@ -42,17 +43,27 @@ def trained_run(head: str, task: str, args: argparse.Namespace) -> tuple[Path, d
     """The run directory of `head` on `task`, trained on the budget unless --reuse finds it trained; and what
     the training recorded (time, steps, validation figures)."""
     run_dir = args.out / head / task
-    record = run_dir / "bench_training.json"
-    if args.reuse and record.is_file():
-        return run_dir, json.loads(record.read_text())
+    if args.reuse:
+        return run_dir, json.loads(training_record(run_dir).read_text())
     overrides = [*HEADS[head], "data=babilong", f"data.task={task}",
                  f"curriculum.segment_range={args.segment_range}", *args.overrides]
     metrics, seconds = train_on_budget(overrides, run_dir, args.segments, args.steps_per_stage)
     training = {"overrides": overrides, "train_seconds": round(seconds, 1),
                 "steps": args.steps_per_stage * len(args.segments),
                 "val_exact_match_by_segments": {n: metrics[metric_name("accuracy", n)] for n in args.segments}}
-    record.write_text(json.dumps(training, indent=2))
+    training_record(run_dir).write_text(json.dumps(training, indent=2))
     return run_dir, training
+
+
+def training_record(run_dir: Path) -> Path:
+    return run_dir / "bench_training.json"
+
+
+def missing_records(args: argparse.Namespace) -> list[Path]:
+    """The training records --reuse would need and --out lacks. Training those runs instead would silently use
+    this call's --steps-per-stage and --overrides, not the ones the other runs were trained with."""
+    return [training_record(args.out / head / task) for head in args.heads for task in args.tasks
+            if not training_record(args.out / head / task).is_file()]
 
 
 def evaluated(run_dir: Path, task: str, args: argparse.Namespace) -> tuple[dict[str, float], float]:
@@ -100,6 +111,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("outputs/bench_babilong"))
     args = parser.parse_args()
     args.out = args.out.resolve()
+    if args.reuse and (missing := missing_records(args)):
+        parser.error(f"--reuse: no training record {', '.join(map(str, missing))}; train those heads and tasks "
+                     "first (the same call without --reuse), or drop them from --heads / --tasks")
 
     results: dict[str, dict[str, dict]] = {}
     for head in args.heads:

@@ -2,6 +2,8 @@
 
 import csv
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -11,7 +13,7 @@ from memlm.checkpointing import load_checkpoint, read_checkpoint
 from memlm.evaluation import evaluate
 from memlm.generation import Sampling, generate
 from memlm.training import train
-from tests.conftest import TINY_BERT, fast_config
+from tests.conftest import REPO, TINY_BERT, fast_config
 from tests.test_evaluation import eval_cfg
 
 BABILONG = ["model=lm2", "model.memory_slots=4", "data=babilong", "data.task=qa1", "data.segment_length=128",
@@ -167,3 +169,18 @@ def test_generation_runs_under_the_precision_eval_names():
         assert not torch.is_autocast_enabled("cpu")
     with pytest.raises(ValueError, match="precision='64-true'"):
         babilong_eval.precision_context("64-true", cpu)
+
+
+def test_bench_reuse_refuses_runs_it_has_no_record_of(tmp_path):
+    """--reuse names each head x task it has no training record for and stops before training or evaluating:
+    training them instead would use this call's steps and overrides, not the ones the other runs had."""
+    (tmp_path / "armt" / "qa1").mkdir(parents=True)
+    (tmp_path / "armt" / "qa1" / "bench_training.json").write_text("{}")
+    result = subprocess.run(
+        [sys.executable, "scripts/bench_babilong.py", "--reuse", "--heads", "armt", "rmt", "--tasks", "qa1",
+         "--out", str(tmp_path)],
+        cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert str(tmp_path / "rmt" / "qa1" / "bench_training.json") in result.stderr
+    assert "armt" not in result.stderr.split("no training record")[1]
+    assert not (tmp_path / "rmt" / "qa1" / "checkpoints").exists()
