@@ -1,0 +1,108 @@
+"""Where an RMT switch opens over a fact task's test samples, against where the facts are, and whether each sample
+was answered right.
+
+    python scripts/switch_openings.py <checkpoint of model.write=switch on data=memorize|detect|reasoning>
+                                      [--segments 512] [--samples 32] [--split test] [--batch-size 16]
+
+A segment "opens" the switch when any memory element's gate is above 1/2, so its write replaces that element. Each
+sample is counted by whether the switch opened on a segment before the first fact's, on a fact's segment (a fact
+may straddle two), and after the last fact's; with its answer right (every answer token the argmax) or wrong.
+Prints that table, how many segments opened per sample, and writes switch_openings_<segments>seg.json beside the
+checkpoint's run directory. This is how the README's account of detect at long lengths was found: a write on
+background before the fact keeps the fact itself from being written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from collections import Counter
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+from torch.utils.data import default_collate  # noqa: E402
+
+from memlm.checkpointing import load_checkpoint  # noqa: E402
+from memlm.data.facts import SamplePlan, Tokens  # noqa: E402
+from memlm.memory import RMT  # noqa: E402
+from memlm.training import build_datamodule  # noqa: E402
+
+
+def fact_segments(plan: SamplePlan) -> list[int]:
+    """The segments holding a token of a fact: every literal piece but the last (the question and answer)."""
+    segments, start = set(), 0
+    literals = [i for i, piece in enumerate(plan.pieces) if isinstance(piece.source, Tokens)][:-1]
+    for index, piece in enumerate(plan.pieces):
+        if index in literals:
+            segments.update(range(start // plan.segment_length, (start + len(piece) - 1) // plan.segment_length + 1))
+        start += len(piece)
+    return sorted(segments)
+
+
+def where_opened(opened: list[int], facts: list[int]) -> tuple[bool, bool, bool]:
+    """Whether the switch opened before the first fact's segment, on a fact's segment, after the last one's."""
+    return (any(s < facts[0] for s in opened), any(s in facts for s in opened), any(s > facts[-1] for s in opened))
+
+
+@torch.no_grad()
+def openings(model, plans: list[SamplePlan]) -> list[tuple[list[int], bool]]:
+    """For each sample, the segments on which the switch opened, and whether the model's objective scored its
+    answer right (as eval.py does)."""
+    gates = []
+    hook = model.head.write_gate.register_forward_hook(lambda module, inputs, output: gates.append(output > 0))
+    try:
+        _, tally = model.unroll(default_collate([plan.whole() for plan in plans]))
+    finally:
+        hook.remove()
+    opened = torch.stack([gate.flatten(1).any(dim=1) for gate in gates], dim=1)  # logit > 0: gate > 1/2
+    return [(opened[i].nonzero().flatten().tolist(), bool(tally.correct[i])) for i in range(len(plans))]
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoint", type=Path)
+    parser.add_argument("--segments", type=int, default=512)
+    parser.add_argument("--samples", type=int, default=32)
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--batch-size", type=int, default=16)
+    args = parser.parse_args(argv)
+    model, _ = load_checkpoint(str(args.checkpoint))
+    model.eval()
+    if not isinstance(model.head, RMT) or model.head.write != "switch":
+        parser.error(f"{args.checkpoint}: not an RMT with model.write=switch")
+    datamodule = build_datamodule(model.hparams.data, model.tokenizer, model.head.backbone.is_decoder)
+    if not hasattr(datamodule, "task"):
+        parser.error(f"{args.checkpoint}: trained on {model.hparams.data['_target_']}, not a fact task")
+    plans = list(datamodule.samples(args.split, args.segments, args.samples, streamed=True))
+    table, opened_per_sample = Counter(), []
+    for first in range(0, len(plans), args.batch_size):
+        batch = plans[first : first + args.batch_size]
+        for plan, (opened, right) in zip(batch, openings(model, batch), strict=True):
+            table[(*where_opened(opened, fact_segments(plan)), right)] += 1
+            opened_per_sample.append(len(opened))
+
+    print(f"{args.samples} {args.split} samples of {args.segments} segments; switch opened ...")
+    print("| before the fact | on the fact | after the fact | right | wrong |")
+    print("|---|---|---|---|---|")
+    rows = sorted({key[:3] for key in table})
+    yes = {True: "yes", False: "no"}
+    for row in rows:
+        print(f"| {' | '.join(yes[flag] for flag in row)} | {table[(*row, True)]} | {table[(*row, False)]} |")
+    accuracy = sum(count for key, count in table.items() if key[3]) / args.samples
+    print(f"accuracy {accuracy:.3f}; segments opened per sample: mean {sum(opened_per_sample) / args.samples:.2f}, "
+          f"max {max(opened_per_sample)}")
+    report = {"checkpoint": str(args.checkpoint), "segments": args.segments, "samples": args.samples,
+              "split": args.split, "accuracy": accuracy, "opened_per_sample": opened_per_sample,
+              "rows": [{"before": row[0], "on": row[1], "after": row[2], "right": table[(*row, True)],
+                        "wrong": table[(*row, False)]} for row in rows]}
+    out = args.checkpoint.resolve().parent.parent / f"switch_openings_{args.segments}seg.json"
+    out.write_text(json.dumps(report, indent=2))
+    print(f"written: {out}")
+    return report
+
+
+if __name__ == "__main__":
+    main()
