@@ -12,6 +12,7 @@ from memlm.data.babi import (
     location_story,
     read_babi,
     relation_story,
+    with_decoys,
 )
 from memlm.data.tasks import TASKS, task
 from tests.conftest import QA1, QA4
@@ -197,3 +198,17 @@ def layout(relations):
         else:
             position[subject] = (dx, dy)
     return position
+
+
+def test_decoys_are_other_people_at_random_places_among_the_facts():
+    rng = random.Random(0)
+    positions = set()
+    for _ in range(20):
+        story = location_story(rng)
+        decoyed = with_decoys(story, rng, 2)
+        assert (decoyed.question, decoyed.answer) == (story.question, story.answer)
+        assert len(decoyed.facts) == 3
+        asked = story.question.removeprefix("Where is ").removesuffix("?")
+        assert [fact for fact in decoyed.facts if fact.startswith(f"{asked} ")] == list(story.facts)
+        positions.add(decoyed.facts.index(story.facts[0]))
+    assert positions == {0, 1, 2}

@@ -2,8 +2,10 @@
 supply the facts; validation sets are fixed."""
 
 import random
+import re
 from types import SimpleNamespace
 
+import pytest
 import torch
 from torch.utils.data import DataLoader
 
@@ -99,3 +101,23 @@ def test_every_rank_draws_the_same_segment_counts_from_its_own_samples(tokenizer
     assert [ids.shape[1] for ids in batches[0]] == [ids.shape[1] for ids in batches[1]]
     assert len({ids.shape[1] for ids in batches[0]}) > 1
     assert not torch.equal(batches[0][0], batches[1][0])
+
+
+
+MOVE = re.compile(r"(\w+) (?:moved|went|went back|journeyed|travelled) to the \w+\.")
+
+
+def test_decoys_move_other_people_in_training_samples_only(tokenizer, background):
+    module = datamodule(tokenizer, background, task="memorize", decoys=2)
+    training, validation = module.training_maker().build(random.Random(0), 3), module.samples("validation", 3, 1)[0]
+    for sample, movers in (training, 3), (validation, 1):
+        text = tokenizer.decode(sample["input_ids"].flatten())
+        asked = re.search(r"Where is (\w+)\?", text).group(1)
+        people = MOVE.findall(text)
+        assert len(people) == movers and people.count(asked) == 1
+
+
+@pytest.mark.parametrize("name, decoys", [("reasoning", 1), ("qa1", 1), ("detect", 4)])
+def test_impossible_decoys_name_the_key(tokenizer, background, name, decoys):
+    with pytest.raises(ValueError, match="data.decoys"):
+        datamodule(tokenizer, background, task=name, decoys=decoys)

@@ -55,6 +55,17 @@ def location_story(rng: random.Random) -> Story:
     return Story(facts=(f"{actor} {verb} to the {place}.",), question=f"Where is {actor}?", answer=place)
 
 
+def with_decoys(story: Story, rng: random.Random, count: int) -> Story:
+    """A location story with `count` more moves, each by someone the question does not ask about, at random
+    places among its facts: facts worth keeping that do not answer it."""
+    asked = story.question.removeprefix("Where is ").removesuffix("?")
+    others = rng.sample([actor for actor in ACTORS if actor != asked], count)
+    facts = list(story.facts)
+    for actor in others:
+        facts.insert(rng.randint(0, len(facts)), f"{actor} {rng.choice(MOVE_VERBS)} to the {rng.choice(PLACES)}.")
+    return Story(tuple(facts), story.question, story.answer)
+
+
 def relation_story(rng: random.Random) -> Story:
     """Two qa4-style relations sharing one place, and a question about one of them that exactly one place answers.
 

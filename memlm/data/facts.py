@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
 from memlm.data import tasks
-from memlm.data.babi import Story, read_babi
+from memlm.data.babi import ACTORS, Story, read_babi, with_decoys
 from memlm.data.background import SentencePool, TokenRun, background_assets, load_documents
 from memlm.data.base import IGNORE, MemoryDataModule, SeededSamples, StreamedBatch
 from memlm.data.tasks import Task
@@ -50,9 +50,11 @@ class SampleBuilder:
         segment_length: int,
         generates_answer: bool,
         stories: Sequence[Story] | None = None,
+        decoys: int = 0,
     ):
         """`generates_answer`: the answer tokens follow the question (decoders), else a class label (encoders).
-        `stories`: stories to draw from (an official bAbI file's) instead of the task's generator."""
+        `stories`: stories to draw from (an official bAbI file's) instead of the task's generator. `decoys`: moves
+        of people not asked about added to each story (`with_decoys`)."""
         if stories is not None and not stories:
             raise ValueError("data.babi_file gave no stories for this task")
         self.task = task
@@ -61,6 +63,7 @@ class SampleBuilder:
         self.segment_length = segment_length
         self.generates_answer = generates_answer
         self.stories = stories
+        self.decoys = decoys
         self.pad_token = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         # Room for the longest answer and its end-of-text: a prompt of a standard length leaves it free, so the
         # answer is generated inside the sample's last segment, where training put it.
@@ -70,9 +73,8 @@ class SampleBuilder:
         return encode_in_text(self.tokenizer, text)
 
     def story(self, rng: random.Random) -> Story:
-        if self.stories is not None:
-            return rng.choice(self.stories)
-        return self.task.story(rng)
+        story = rng.choice(self.stories) if self.stories is not None else self.task.story(rng)
+        return with_decoys(story, rng, self.decoys) if self.decoys else story
 
     def build(self, rng: random.Random, num_segments: int) -> dict[str, torch.Tensor]:
         return self.plan(rng, num_segments).whole()
@@ -256,11 +258,19 @@ class FactTaskDataModule(MemoryDataModule):
         val_samples: int = 256,
         num_workers: int = 0,
         seed: int = 0,
+        decoys: int = 0,
     ):
+        """`decoys`: training stories (memorize, detect) also move this many people the question does not ask
+        about; validation and evaluation samples never do."""
         super().__init__(tokenizer, objective, segment_length, batch_size, val_segments, num_workers, seed)
         if val_samples < 1:
             raise ValueError(f"data.val_samples={val_samples} must be positive")
         self.task = tasks.task(task)
+        if decoys and (self.task.story is not tasks.location_story or not 0 < decoys < len(ACTORS)):
+            raise ValueError(f"data.decoys={decoys}: decoys are moves of the {len(ACTORS) - 1} people memorize and "
+                             f"detect do not ask about; give 0 to {len(ACTORS) - 1} with data.task=memorize or "
+                             f"detect, or 0 (data.task={task})")
+        self.decoys = decoys
         self.background = background
         if babi_file is not None and not Path(babi_file).is_file():
             raise FileNotFoundError(
@@ -271,7 +281,7 @@ class FactTaskDataModule(MemoryDataModule):
         self.stories = self.task.stories_from_babi(read_babi(babi_file)) if babi_file is not None else None
         self.val_samples = val_samples
         self.pools: dict[str, SentencePool] = {}
-        self.builders: dict[tuple[str, str | None], SampleBuilder] = {}
+        self.builders: dict[tuple[str, str | None, int], SampleBuilder] = {}
 
     @property
     def num_classes(self) -> int:
@@ -288,15 +298,16 @@ class FactTaskDataModule(MemoryDataModule):
                 documents, lambda texts: self.tokenizer(texts, add_special_tokens=False)["input_ids"])
         return self.pools[split]
 
-    def builder(self, split: str, other_task: str | None = None) -> SampleBuilder:
+    def builder(self, split: str, other_task: str | None = None, decoys: int = 0) -> SampleBuilder:
         """The sample builder over `split`'s background, made once: for the data's own task (with the official
-        bAbI file's stories if one was given), or for `other_task`'s generated stories (evaluation grids)."""
-        key = (split, other_task)
+        bAbI file's stories if one was given, and `decoys` added to each story), or for `other_task`'s generated
+        stories (evaluation grids)."""
+        key = (split, other_task, decoys)
         if key not in self.builders:
             own = other_task is None
             self.builders[key] = SampleBuilder(
                 self.task if own else tasks.task(other_task), self.pool(split), self.tokenizer, self.segment_length,
-                self.objective == "generate_answer", self.stories if own else None,
+                self.objective == "generate_answer", self.stories if own else None, decoys,
             )
         return self.builders[key]
 
@@ -315,7 +326,7 @@ class FactTaskDataModule(MemoryDataModule):
         return DataLoader(samples, batch_size=self.batch_size, collate_fn=partial(StreamedBatch, progress=progress))
 
     def training_maker(self) -> SampleBuilder:
-        return self.builder("train")
+        return self.builder("train", decoys=self.decoys)
 
     def val_dataloader(self):
         return [self.loader(self.samples("validation", n, self.val_samples)) for n in self.val_segments]
