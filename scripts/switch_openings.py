@@ -6,7 +6,7 @@ was answered right.
 
 A segment "opens" the switch when any memory element's gate is above 1/2, so its write replaces that element. Each
 sample is counted by whether the switch opened on a segment before the first fact's, on a fact's segment (a fact
-may straddle two), and after the last fact's; with its answer right (every answer token the argmax) or wrong.
+may straddle two), and after the last fact's; with its answer right or wrong, as eval.py scores it.
 Prints that table, how many segments opened per sample, and writes switch_openings_<segments>seg.json beside the
 checkpoint's run directory. This is how the README's account of detect at long lengths was found: a write on
 background before the fact keeps the fact itself from being written.
