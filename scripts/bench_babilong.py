@@ -62,8 +62,8 @@ def training_record(run_dir: Path) -> Path:
 def missing_records(args: argparse.Namespace) -> list[Path]:
     """The training records --reuse would need and --out lacks. Training those runs instead would silently use
     this call's --steps-per-stage and --overrides, not the ones the other runs were trained with."""
-    return [training_record(args.out / head / task) for head in args.heads for task in args.tasks
-            if not training_record(args.out / head / task).is_file()]
+    records = (training_record(args.out / head / task) for head in args.heads for task in args.tasks)
+    return [record for record in records if not record.is_file()]
 
 
 def evaluated(run_dir: Path, task: str, args: argparse.Namespace) -> tuple[dict[str, float], float]:

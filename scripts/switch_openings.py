@@ -33,13 +33,9 @@ from memlm.training import build_datamodule  # noqa: E402
 
 def fact_segments(plan: SamplePlan) -> list[int]:
     """The segments holding a token of a fact: every literal piece but the last (the question and answer)."""
-    segments, start = set(), 0
-    literals = [i for i, piece in enumerate(plan.pieces) if isinstance(piece.source, Tokens)][:-1]
-    for index, piece in enumerate(plan.pieces):
-        if index in literals:
-            segments.update(range(start // plan.segment_length, (start + len(piece) - 1) // plan.segment_length + 1))
-        start += len(piece)
-    return sorted(segments)
+    starts, length = plan.piece_starts, plan.segment_length
+    facts = [i for i, piece in enumerate(plan.pieces) if isinstance(piece.source, Tokens)][:-1]
+    return sorted({k for i in facts for k in range(starts[i] // length, (starts[i + 1] - 1) // length + 1)})
 
 
 def where_opened(opened: list[int], facts: list[int]) -> tuple[bool, bool, bool]:

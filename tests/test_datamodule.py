@@ -103,7 +103,6 @@ def test_every_rank_draws_the_same_segment_counts_from_its_own_samples(tokenizer
     assert not torch.equal(batches[0][0], batches[1][0])
 
 
-
 MOVE = re.compile(r"(\w+) (?:moved|went|went back|journeyed|travelled) to the \w+\.")
 
 

@@ -1,5 +1,5 @@
-"""scripts/switch_openings.py: a fact's segments come from the sample's own plan, openings are placed against
-them, and a sample counted right is one eval.py scores right."""
+"""scripts/switch_openings.py: a fact's segments come from the sample's own plan, a segment whose gate passes 1/2
+counts as open, openings are placed against the facts, and every sample is counted."""
 
 import importlib.util
 import json
