@@ -88,7 +88,9 @@ class MemoryLM(L.LightningModule):
         def segment_loss(k, out, segment):
             nonlocal penalties
             loss = self.objective.segment_loss(self.head.backbone, k, out, segment, batch, tally)
-            if out.penalty is None or not self.training:
+            # The last segment's write is read by no segment: a price on it only teaches a gate to stay shut,
+            # which on a one-segment stage is all that a write gate would hear.
+            if out.penalty is None or not self.training or k == batch.num_segments - 1:
                 return loss
             penalty = out.penalty / batch.num_segments
             penalties = penalties + penalty.detach()

@@ -24,7 +24,9 @@ the easy path: `g = sigmoid(W [new ; m] + b)` per memory element, computed from 
 starting shut, at -3, never learns to open on the short curriculum stages). `write_penalty` adds the mean soft gate
 of every segment, times this weight, to the training loss: writing costs, so the gate learns to open where the text
 holds something to keep and to stay far below 1/2 elsewhere (1.0; with the soft gate, 3.0 slowed the first stages
-and 10 stopped the write being learnt).
+and 10 stopped the write being learnt). The last segment's write is not priced (the segment loop leaves it out):
+no segment reads it, so its price could only push the gate shut, and on the curriculum's one-segment stage that
+was all the gate learnt; on detect with seed 42 the switch then never opened.
 """
 
 from __future__ import annotations
