@@ -32,7 +32,8 @@ class SegmentOutput:
     diagnostics: dict = field(default_factory=dict)
     """Head-specific statistics for callbacks and plots (HMT: its retrieval weights over the cache)."""
     penalty: torch.Tensor | None = None
-    """A regulariser of this segment, added to the training loss (divided by the batch's segment count)."""
+    """A regulariser of this segment's write, added to the training loss (divided by the batch's segment count),
+    except on the last segment, whose write no segment reads."""
 
 
 class MemoryHead(nn.Module):
