@@ -7,9 +7,11 @@ was answered right.
 A segment "opens" the switch when any memory element's gate is above 1/2, so its write replaces that element. Each
 sample is counted by whether the switch opened on a segment before the first fact's, on a fact's segment (a fact
 may straddle two), and after the last fact's; with its answer right or wrong, as eval.py scores it.
-Prints that table, how many segments opened per sample, and writes switch_openings_<segments>seg.json beside the
-checkpoint's run directory. This is how the README's account of detect at long lengths was found: a write on
-background before the fact keeps the fact itself from being written.
+Each wrong answer is also placed by the word the model said (its first answer token): a place that another fact of
+the sample names (a decoy's move), one that only the background text names (Austen's "the office of high
+sheriff"), or neither. Prints those tables and how many segments opened per sample, and writes
+switch_openings_<segments>seg.json beside the checkpoint's run directory. This is how the README's accounts of
+detect at long lengths were found.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -26,6 +29,7 @@ import torch  # noqa: E402
 from torch.utils.data import default_collate  # noqa: E402
 
 from memlm.checkpointing import load_checkpoint  # noqa: E402
+from memlm.data.base import IGNORE  # noqa: E402
 from memlm.data.facts import SamplePlan, Tokens  # noqa: E402
 from memlm.memory import RMT  # noqa: E402
 from memlm.training import build_datamodule  # noqa: E402
@@ -44,17 +48,37 @@ def where_opened(opened: list[int], facts: list[int]) -> tuple[bool, bool, bool]
 
 
 @torch.no_grad()
-def openings(model, plans: list[SamplePlan]) -> list[tuple[list[int], bool]]:
-    """For each sample, the segments on which the switch opened, and whether the model's objective scored its
-    answer right (as eval.py does)."""
-    gates = []
-    hook = model.head.write_gate.register_forward_hook(lambda module, inputs, output: gates.append(output > 0))
+def openings(model, plans: list[SamplePlan]) -> list[tuple[list[int], bool, int]]:
+    """For each sample, the segments on which the switch opened, whether the model's objective scored its answer
+    right (as eval.py does), and the token the model predicted for the answer's first."""
+    gates, token_states = [], []
+    hooks = [model.head.write_gate.register_forward_hook(lambda module, inputs, output: gates.append(output > 0)),
+             model.head.register_forward_hook(lambda module, inputs, output: token_states.append(output.token_states))]
+    batch = default_collate([plan.whole() for plan in plans])
     try:
-        _, tally = model.unroll(default_collate([plan.whole() for plan in plans]))
+        _, tally = model.unroll(batch)
     finally:
-        hook.remove()
+        for hook in hooks:
+            hook.remove()
     opened = torch.stack([gate.flatten(1).any(dim=1) for gate in gates], dim=1)  # logit > 0: gate > 1/2
-    return [(opened[i].nonzero().flatten().tolist(), bool(tally.correct[i])) for i in range(len(plans))]
+    first_answer = (batch["labels"].flatten(1) != IGNORE).int().argmax(dim=1)
+    states = torch.cat(token_states, dim=1)[torch.arange(len(plans)), first_answer]
+    said = model.head.backbone.logits(states).argmax(dim=-1)
+    return [(opened[i].nonzero().flatten().tolist(), bool(tally.correct[i]), int(said[i])) for i in range(len(plans))]
+
+
+def named_by(word: str, plan: SamplePlan, decode) -> str:
+    """Where a sample names a word: "another fact" (a fact piece other than the question's), "background" (only
+    the background text), or "nowhere"."""
+    pieces = [decode(plan.tokens(int(start), int(stop)))
+              for start, stop in zip(plan.piece_starts[:-2], plan.piece_starts[1:-1], strict=True)]
+    facts = [isinstance(piece.source, Tokens) for piece in plan.pieces[:-1]]
+    pattern = re.compile(rf"\b{re.escape(word)}\b", re.IGNORECASE)
+    if any(fact and pattern.search(text) for fact, text in zip(facts, pieces, strict=True)):
+        return "another fact"
+    if any(not fact and pattern.search(text) for fact, text in zip(facts, pieces, strict=True)):
+        return "background"
+    return "nowhere"
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -73,12 +97,15 @@ def main(argv: list[str] | None = None) -> dict:
     if not hasattr(datamodule, "task"):
         parser.error(f"{args.checkpoint}: trained on {model.hparams.data['_target_']}, not a fact task")
     plans = list(datamodule.samples(args.split, args.segments, args.samples, streamed=True))
-    table, opened_per_sample = Counter(), []
+    table, opened_per_sample, wrong_words = Counter(), [], Counter()
     for first in range(0, len(plans), args.batch_size):
         batch = plans[first : first + args.batch_size]
-        for plan, (opened, right) in zip(batch, openings(model, batch), strict=True):
+        for plan, (opened, right, said) in zip(batch, openings(model, batch), strict=True):
             table[(*where_opened(opened, fact_segments(plan)), right)] += 1
             opened_per_sample.append(len(opened))
+            if not right:
+                word = model.tokenizer.decode([said]).strip()
+                wrong_words[(word, named_by(word, plan, model.tokenizer.decode))] += 1
 
     print(f"{args.samples} {args.split} samples of {args.segments} segments; switch opened ...")
     print("| before the fact | on the fact | after the fact | right | wrong |")
@@ -90,10 +117,16 @@ def main(argv: list[str] | None = None) -> dict:
     accuracy = sum(count for key, count in table.items() if key[3]) / args.samples
     print(f"accuracy {accuracy:.3f}; segments opened per sample: mean {sum(opened_per_sample) / args.samples:.2f}, "
           f"max {max(opened_per_sample)}")
+    print("| wrong answer said | named by | samples |")
+    print("|---|---|---|")
+    for (word, where), count in wrong_words.most_common():
+        print(f"| {word} | {where} | {count} |")
     report = {"checkpoint": str(args.checkpoint), "segments": args.segments, "samples": args.samples,
               "split": args.split, "accuracy": accuracy, "opened_per_sample": opened_per_sample,
               "rows": [{"before": row[0], "on": row[1], "after": row[2], "right": table[(*row, True)],
-                        "wrong": table[(*row, False)]} for row in rows]}
+                        "wrong": table[(*row, False)]} for row in rows],
+              "wrong_answers": [{"said": word, "named_by": where, "samples": count}
+                                for (word, where), count in wrong_words.most_common()]}
     out = args.checkpoint.resolve().parent.parent / f"switch_openings_{args.segments}seg.json"
     out.write_text(json.dumps(report, indent=2))
     print(f"written: {out}")

@@ -1,5 +1,6 @@
 """scripts/switch_openings.py: a fact's segments come from the sample's own plan, a segment whose gate passes 1/2
-counts as open, openings are placed against the facts, and every sample is counted."""
+counts as open, openings are placed against the facts, a wrong answer's word is placed by the piece that names
+it, and every sample is counted."""
 
 import importlib.util
 import json
@@ -7,6 +8,7 @@ import json
 import numpy as np
 import pytest
 
+from memlm import objectives
 from memlm.checkpointing import load_checkpoint
 from memlm.data.background import TokenRun
 from memlm.data.facts import Piece, SamplePlan, literal
@@ -18,8 +20,8 @@ switch_openings = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(switch_openings)
 
 
-def plan_with_fact_at(start: int, length: int) -> SamplePlan:
-    tokens = np.arange(1000)
+def plan_with_fact_at(start: int, length: int, tokens: np.ndarray | None = None) -> SamplePlan:
+    tokens = np.arange(1000) if tokens is None else tokens
     noise = TokenRun(tokens, np.arange(0, 1001, 10), 0, 100)
     pieces = [Piece(noise, 0, start), literal([7] * length), Piece(noise, start, 100), literal([1, 2, 3])]
     return SamplePlan(pieces, answer_length=2, num_segments=4, segment_length=32, pad_token=0, class_label=-1)
@@ -36,6 +38,22 @@ def test_openings_are_placed_before_on_and_after_the_facts():
     assert switch_openings.where_opened([5], [3, 4]) == (False, False, True)
 
 
+WORDS = {7: "garden", 8: "office"}
+
+
+@pytest.mark.parametrize("word, where", [("garden", "another fact"), ("Office", "background"),
+                                         ("kitchen", "nowhere"), ("gard", "nowhere")])
+def test_a_wrong_answers_word_is_placed_by_the_piece_that_names_it(word, where):
+    background = np.full(1000, 5)
+    background[50] = 8
+    plan = plan_with_fact_at(40, 10, background)  # the fact's tokens are 7s; the background names 8 once
+
+    def decode(ids):
+        return " ".join(WORDS.get(int(i), "the") for i in ids)
+
+    assert switch_openings.named_by(word, plan, decode) == where
+
+
 @pytest.mark.parametrize("bias, opened", [(30.0, [0, 1, 2]), (-30.0, [])])
 def test_every_segment_whose_gate_is_past_one_half_is_counted_open(memorize_run, bias, opened):
     model, _ = load_checkpoint(str(memorize_run[0]))
@@ -43,7 +61,26 @@ def test_every_segment_whose_gate_is_past_one_half_is_counted_open(memorize_run,
     datamodule = build_datamodule(model.hparams.data, model.tokenizer, True)
     plans = list(datamodule.samples("test", 3, 5, streamed=True))
     results = switch_openings.openings(model, plans)
-    assert [segments for segments, _ in results] == [opened] * 5
+    assert [segments for segments, _, _ in results] == [opened] * 5
+
+
+def test_the_word_said_is_the_models_argmax_where_eval_py_scores_the_first_answer_token(memorize_run, monkeypatch):
+    model, _ = load_checkpoint(str(memorize_run[0]))
+    model.eval()
+    datamodule = build_datamodule(model.hparams.data, model.tokenizer, True)
+    plans = list(datamodule.samples("test", 3, 6, streamed=True))
+    first_argmax = {}
+    scored_logits = objectives.scored_logits
+
+    def spy(backbone, out, labels, scored):
+        logits, targets = scored_logits(backbone, out, labels, scored)
+        for sample, token in zip(scored.nonzero()[:, 0].tolist(), logits.argmax(-1).tolist(), strict=True):
+            first_argmax.setdefault(sample, token)
+        return logits, targets
+
+    monkeypatch.setattr(objectives, "scored_logits", spy)
+    said = [said for _, _, said in switch_openings.openings(model, plans)]
+    assert said == [first_argmax[i] for i in range(len(plans))]
 
 
 def test_the_report_counts_every_sample_and_is_written_beside_the_run(memorize_run):
