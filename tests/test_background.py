@@ -226,3 +226,16 @@ def test_sentence_pool_rejects_documents_without_text():
 def test_sentence_pool_rejects_an_encoder_for_single_texts():
     with pytest.raises(ValueError, match="1 token lists for 3 texts"):
         SentencePool(["One. Two. Three."], lambda texts: [[1, 2]])
+
+
+def test_sentence_pool_finds_the_sentences_that_mention_a_word():
+    pool = SentencePool(DOCUMENTS, encode_characters)
+    sentences = [" " + sentence for sentence in corpus_sentences(DOCUMENTS)]
+
+    found = pool.mentioning(encode_characters([" seven", "teen fif"]))
+
+    assert [sentences[index] for index in found] == [
+        " Six seven eight nine.", " Eleven twelve thirteen fourteen fifteen.", " Sixteen seventeen."]
+    assert all(decode(pool.sentence(index).read(0, len(sentences[index])).tolist()) == sentences[index]
+               for index in range(len(pool)))
+    assert pool.mentioning(encode_characters([" twenty"])).size == 0

@@ -23,7 +23,7 @@ from memlm.evaluation import EVAL_CONFIG
 from memlm.metrics import metric_name
 from memlm.objectives import OBJECTIVES
 from memlm.training import build
-from tests.conftest import CONF, REPO, TINY_GPT2, compose_train
+from tests.conftest import CONF, REPO, TINY_GPT2, compose_train, write_background
 
 
 def options(group: str) -> list[str]:
@@ -199,6 +199,11 @@ def test_every_data_option_builds_its_datamodule_and_a_model_for_its_objective(o
     if "background" in cfg.data:
         # The small generated books: tokenizing four Austen novels per option would take most of the test's time.
         cfg.data.background = str(background)
+    if cfg.data.get("distractors"):
+        # Distractors are background sentences that name an answer, and the generated books name none.
+        books = write_background(tmp_path / "background")
+        (books / "train" / "places.txt").write_text("The baker walked to the garden. The children sat in the kitchen.")
+        cfg.data.background = str(books)
     datamodule, model = build(cfg)
     assert datamodule.segment_length == cfg.data.segment_length == 48
     assert datamodule.objective in datamodule.objectives

@@ -5,6 +5,7 @@ import random
 import re
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader
@@ -120,3 +121,31 @@ def test_decoys_move_other_people_in_training_samples_only(tokenizer, background
 def test_impossible_decoys_name_the_key(tokenizer, background, name, decoys):
     with pytest.raises(ValueError, match="data.decoys"):
         datamodule(tokenizer, background, task=name, decoys=decoys)
+
+
+MENTION = "Mary sat in the old garden with the baker and the children who waited by the river until the clouds came."
+
+
+def test_distractors_are_background_sentences_that_name_an_answer_in_training_samples_only(tokenizer, tmp_path):
+    plain = " ".join(f"The baker walked down the lane {n} times." for n in range(200))
+    for split in ("train", "validation", "test"):
+        (tmp_path / split).mkdir()
+        # A person without a place is no distractor: only an answer's word makes one.
+        (tmp_path / split / "book.txt").write_text(f"{plain} {MENTION} Mary smiled at the baker. {plain}")
+    module = datamodule(tokenizer, tmp_path, task="detect", distractors=2)
+    training = module.training_maker().plan(random.Random(0), 6)
+    validation = module.builder("validation").plan(random.Random(0), 6)
+    for plan, distractors in (training, 2), (validation, 0):
+        pieces = [tokenizer.decode(piece.read()) for piece in plan.pieces]
+        assert pieces.count(f" {MENTION}") == distractors
+        assert len(MOVE.findall("".join(pieces))) == 1 and plan.length == 6 * 24
+    # Only as many as fit: a one-segment sample has no room for one (22 tokens).
+    short = module.training_maker().plan(random.Random(0), 1)
+    assert "Mary sat" not in tokenizer.decode(np.concatenate([piece.read() for piece in short.pieces]))
+
+
+def test_distractors_need_a_background_that_names_an_answer(tokenizer, background):
+    with pytest.raises(ValueError, match="data.distractors=1: the background has no sentence"):
+        datamodule(tokenizer, background, task="detect", distractors=1).training_maker()
+    with pytest.raises(ValueError, match="data.distractors=-1"):
+        datamodule(tokenizer, background, distractors=-1)

@@ -64,6 +64,23 @@ class SentencePool:
     def __len__(self) -> int:
         return len(self._offsets) - 1
 
+    def mentioning(self, words: list[list[int]]) -> np.ndarray:
+        """Indices of the sentences that hold any of `words`, each given as the token ids it has inside running
+        text."""
+        hits = np.zeros(self._tokens.size, dtype=bool)
+        for word in words:
+            starts = self._tokens.size - len(word) + 1
+            match = np.ones(max(starts, 0), dtype=bool)
+            for offset, token in enumerate(word):
+                match &= self._tokens[offset : offset + starts] == token
+            hits[: match.size] |= match
+        return np.unique(np.searchsorted(self._offsets, np.flatnonzero(hits), side="right") - 1)
+
+    def sentence(self, index: int) -> TokenRun:
+        """Sentence `index` of the pool, whole."""
+        start, stop = int(self._offsets[index]), int(self._offsets[index + 1])
+        return TokenRun(self._tokens, self._offsets, start, stop - start)
+
     def run(self, rng: random.Random, num_tokens: int) -> TokenRun:
         """`num_tokens` consecutive tokens from the start of a random sentence of a random document, going on into
         the next documents (after the last, the first). Nothing is copied until it is read, so noise a million

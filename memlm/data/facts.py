@@ -51,10 +51,13 @@ class SampleBuilder:
         generates_answer: bool,
         stories: Sequence[Story] | None = None,
         decoys: int = 0,
+        distractors: int = 0,
     ):
         """`generates_answer`: the answer tokens follow the question (decoders), else a class label (encoders).
         `stories`: stories to draw from (an official bAbI file's) instead of the task's generator. `decoys`: moves
-        of people not asked about added to each story (`with_decoys`)."""
+        of people not asked about added to each story (`with_decoys`). `distractors`: background sentences that
+        name one of the task's answers (a place, for memorize and detect), put in each sample at random sentence
+        boundaries (as many as fit), so that an answer's word alone is no sign of a fact."""
         if stories is not None and not stories:
             raise ValueError("data.babi_file gave no stories for this task")
         self.task = task
@@ -64,6 +67,13 @@ class SampleBuilder:
         self.generates_answer = generates_answer
         self.stories = stories
         self.decoys = decoys
+        self.distractors = distractors
+        if distractors:
+            words = sorted(task.labels)
+            self.mentions = pool.mentioning([self.encode(word) for word in words])
+            if not self.mentions.size:
+                raise ValueError(f"data.distractors={distractors}: the background has no sentence that names "
+                                 f"any of {words}; give data.distractors=0 or a background that does")
         self.pad_token = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         # Room for the longest answer and its end-of-text: a prompt of a standard length leaves it free, so the
         # answer is generated inside the sample's last segment, where training put it.
@@ -88,7 +98,9 @@ class SampleBuilder:
         if self.task.ending == "ragged":
             # Keep the answer inside the last segment: cut at most what lies before it there.
             noise_length -= rng.randint(0, min(noise_length, self.segment_length - len(answer)))
-        pieces = [*self._hide(rng, facts, noise_length), literal(question + answer)]
+        distractors = self._distractors(rng, noise_length)
+        noise_length -= sum(map(len, distractors))
+        pieces = [*self._hide(rng, facts, noise_length, distractors), literal(question + answer)]
         return SamplePlan(pieces, len(answer), num_segments, self.segment_length, self.pad_token,
                           self.class_index(story.answer))
 
@@ -139,18 +151,35 @@ class SampleBuilder:
                              f"{self.task.labels} of task {self.task.name}")
         return -1
 
-    def _hide(self, rng: random.Random, facts: list[list[int]], noise_length: int) -> list[Piece]:
-        """`noise_length` background tokens with the facts at the task's places among them, as pieces."""
+    def _distractors(self, rng: random.Random, room: int) -> list[Piece]:
+        """Up to `self.distractors` sentences that name an answer, as many as fit in `room` tokens."""
+        chosen = []
+        for _ in range(self.distractors):
+            sentence = self.pool.sentence(int(rng.choice(self.mentions)))
+            if sentence.length <= room:
+                chosen.append(Piece(sentence, 0, sentence.length))
+                room -= sentence.length
+        return chosen
+
+    def _hide(self, rng: random.Random, facts: list[list[int]], noise_length: int,
+              distractors: Sequence[Piece] = ()) -> list[Piece]:
+        """`noise_length` background tokens with the facts at the task's places among them, and the distractor
+        sentences at random sentence boundaries, as pieces."""
         noise = self.pool.run(rng, noise_length) if noise_length else None
+        boundaries = [0]
+        if noise is not None and (self.task.placement == "boundaries" or distractors):
+            # Between whole sentences: where the run starts, or where one of its sentences ends.
+            boundaries = np.concatenate([[0], noise.sentence_ends()])
         if self.task.placement == "opening":
             positions = [0] * len(facts)
         else:
-            # Between whole sentences: where the run starts, or where one of its sentences ends.
-            boundaries = np.concatenate([[0], noise.sentence_ends()]) if noise is not None else [0]
             positions = sorted(int(rng.choice(boundaries)) for _ in facts)
+        inserted = [(position, literal(fact)) for fact, position in zip(facts, positions, strict=True)]
+        # A stable sort: a fact that opens the sample stays before a distractor at the same boundary.
+        inserted += [(int(rng.choice(boundaries)), sentence) for sentence in distractors]
         pieces, last = [], 0
-        for fact, position in zip(facts, positions, strict=True):
-            pieces += [Piece(noise, last, position), literal(fact)]
+        for position, piece in sorted(inserted, key=lambda pair: pair[0]):
+            pieces += [Piece(noise, last, position), piece]
             last = position
         return [*pieces, Piece(noise, last, noise_length)]
 
@@ -259,9 +288,11 @@ class FactTaskDataModule(MemoryDataModule):
         num_workers: int = 0,
         seed: int = 0,
         decoys: int = 0,
+        distractors: int = 0,
     ):
         """`decoys`: training stories (memorize, detect) also move this many people the question does not ask
-        about; validation and evaluation samples never do."""
+        about. `distractors`: training samples also hold this many background sentences that name one of the
+        task's answers. Validation and evaluation samples have neither."""
         super().__init__(tokenizer, objective, segment_length, batch_size, val_segments, num_workers, seed)
         if val_samples < 1:
             raise ValueError(f"data.val_samples={val_samples} must be positive")
@@ -271,6 +302,9 @@ class FactTaskDataModule(MemoryDataModule):
                              f"detect do not ask about; give 0 to {len(ACTORS) - 1} with data.task=memorize or "
                              f"detect, or 0 (data.task={task})")
         self.decoys = decoys
+        if distractors < 0:
+            raise ValueError(f"data.distractors={distractors} must be 0 or more")
+        self.distractors = distractors
         self.background = background
         if babi_file is not None and not Path(babi_file).is_file():
             raise FileNotFoundError(
@@ -298,16 +332,17 @@ class FactTaskDataModule(MemoryDataModule):
                 documents, lambda texts: self.tokenizer(texts, add_special_tokens=False)["input_ids"])
         return self.pools[split]
 
-    def builder(self, split: str, other_task: str | None = None, decoys: int = 0) -> SampleBuilder:
+    def builder(self, split: str, other_task: str | None = None, decoys: int = 0,
+                distractors: int = 0) -> SampleBuilder:
         """The sample builder over `split`'s background, made once: for the data's own task (with the official
-        bAbI file's stories if one was given, and `decoys` added to each story), or for `other_task`'s generated
-        stories (evaluation grids)."""
-        key = (split, other_task, decoys)
+        bAbI file's stories if one was given, `decoys` added to each story and `distractors` to each sample), or
+        for `other_task`'s generated stories (evaluation grids)."""
+        key = (split, other_task, decoys, distractors)
         if key not in self.builders:
             own = other_task is None
             self.builders[key] = SampleBuilder(
                 self.task if own else tasks.task(other_task), self.pool(split), self.tokenizer, self.segment_length,
-                self.objective == "generate_answer", self.stories if own else None, decoys,
+                self.objective == "generate_answer", self.stories if own else None, decoys, distractors,
             )
         return self.builders[key]
 
@@ -326,7 +361,7 @@ class FactTaskDataModule(MemoryDataModule):
         return DataLoader(samples, batch_size=self.batch_size, collate_fn=partial(StreamedBatch, progress=progress))
 
     def training_maker(self) -> SampleBuilder:
-        return self.builder("train", decoys=self.decoys)
+        return self.builder("train", decoys=self.decoys, distractors=self.distractors)
 
     def val_dataloader(self):
         return [self.loader(self.samples("validation", n, self.val_samples)) for n in self.val_segments]
