@@ -51,18 +51,27 @@ def where_opened(opened: list[int], facts: list[int]) -> tuple[bool, bool, bool]
 def openings(model, plans: list[SamplePlan]) -> list[tuple[list[int], bool, int]]:
     """For each sample, the segments on which the switch opened, whether the model's objective scored its answer
     right (as eval.py does), and the token the model predicted for the answer's first."""
-    gates, token_states = [], []
-    hooks = [model.head.write_gate.register_forward_hook(lambda module, inputs, output: gates.append(output > 0)),
-             model.head.register_forward_hook(lambda module, inputs, output: token_states.append(output.token_states))]
     batch = default_collate([plan.whole() for plan in plans])
+    labels = batch["labels"]  # sample, segment, position
+    first_answer = (labels.flatten(1) != IGNORE).int().argmax(dim=1)
+    answer_segment, answer_position = first_answer // labels.shape[-1], first_answer % labels.shape[-1]
+    wanted = set(answer_segment.tolist())
+    gates, token_states = [], []
+
+    def keep_answer_states(module, inputs, output):
+        # Only the segments that hold a first answer token: keeping every segment's would grow with the length.
+        token_states.append(output.token_states if len(token_states) in wanted else None)
+
+    hooks = [model.head.write_gate.register_forward_hook(lambda module, inputs, output: gates.append(output > 0)),
+             model.head.register_forward_hook(keep_answer_states)]
     try:
         _, tally = model.unroll(batch)
     finally:
         for hook in hooks:
             hook.remove()
     opened = torch.stack([gate.flatten(1).any(dim=1) for gate in gates], dim=1)  # logit > 0: gate > 1/2
-    first_answer = (batch["labels"].flatten(1) != IGNORE).int().argmax(dim=1)
-    states = torch.cat(token_states, dim=1)[torch.arange(len(plans)), first_answer]
+    states = torch.stack([token_states[segment][i, position] for i, (segment, position)
+                          in enumerate(zip(answer_segment.tolist(), answer_position.tolist(), strict=True))])
     said = model.head.backbone.logits(states).argmax(dim=-1)
     return [(opened[i].nonzero().flatten().tolist(), bool(tally.correct[i]), int(said[i])) for i in range(len(plans))]
 
@@ -70,15 +79,12 @@ def openings(model, plans: list[SamplePlan]) -> list[tuple[list[int], bool, int]
 def named_by(word: str, plan: SamplePlan, decode) -> str:
     """Where a sample names a word: "another fact" (a fact piece other than the question's), "background" (only
     the background text), or "nowhere"."""
-    pieces = [decode(plan.tokens(int(start), int(stop)))
-              for start, stop in zip(plan.piece_starts[:-2], plan.piece_starts[1:-1], strict=True)]
-    facts = [isinstance(piece.source, Tokens) for piece in plan.pieces[:-1]]
     pattern = re.compile(rf"\b{re.escape(word)}\b", re.IGNORECASE)
-    if any(fact and pattern.search(text) for fact, text in zip(facts, pieces, strict=True)):
+    # True for a fact piece that names it, False for a background piece.
+    named = {isinstance(piece.source, Tokens) for piece in plan.pieces[:-1] if pattern.search(decode(piece.read()))}
+    if True in named:
         return "another fact"
-    if any(not fact and pattern.search(text) for fact, text in zip(facts, pieces, strict=True)):
-        return "background"
-    return "nowhere"
+    return "background" if named else "nowhere"
 
 
 def main(argv: list[str] | None = None) -> dict:
