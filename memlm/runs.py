@@ -13,15 +13,20 @@ so `RunLock` refuses a second live run; a lock left by a process that no longer 
 went down) is taken over. Schedulers stop jobs with SIGTERM and kill them shortly after; Lightning's handler only
 ends the fit loop, and Python exits 0 as if training had finished, so `train.py && eval.py` would go on.
 `CheckpointOnSigterm` writes `last.ckpt` on the way out and `train` then exits with 143 (128 + SIGTERM), the code a
-job killed by SIGTERM reports. Under SLURM, requeueing is Lightning's `SLURMEnvironment`'s (SIGUSR1 before the time
-limit; `scripts/slurm.sbatch`).
+job killed by SIGTERM reports. An evaluation has nothing to save, and no fit loop reads Lightning's flag, so
+`ending_on_sigterm` makes SIGTERM end it at once with 143 instead of letting it run on until the scheduler's kill.
+Under SLURM, requeueing is Lightning's `SLURMEnvironment`'s (SIGUSR1 before the time limit; `scripts/slurm.sbatch`).
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import NamedTuple
 
@@ -30,6 +35,23 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 SIGTERM_EXIT_CODE = 143
+
+
+@contextmanager
+def ending_on_sigterm() -> Iterator[None]:
+    """Inside, SIGTERM exits with 143. Lightning's trainer calls a handler it finds installed after its own."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+
+    def end(signum, frame):
+        raise SystemExit(SIGTERM_EXIT_CODE)
+
+    previous = signal.signal(signal.SIGTERM, end)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def busy_cores(cores: set[int], seconds: float = 0.1) -> int:

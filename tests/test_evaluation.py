@@ -2,6 +2,9 @@
 tables and plots."""
 
 import csv
+import signal
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -10,7 +13,8 @@ from hydra import compose, initialize_config_dir
 from memlm.backbones import Backbone
 from memlm.evaluation import EVAL_CONFIG, evaluate
 from memlm.evaluation.lengths import segment_counts
-from tests.conftest import CONF
+from memlm.runs import SIGTERM_EXIT_CODE
+from tests.conftest import CONF, REPO
 
 
 def eval_cfg(*overrides: str):
@@ -103,3 +107,21 @@ def test_without_a_checkpoint_eval_builds_the_model_from_the_groups(tmp_path, ba
 def test_eval_names_the_groups_it_misses_or_cannot_use(tmp_path, overrides, message):
     with pytest.raises(ValueError, match=message):
         evaluate(eval_cfg(*overrides, f"out_dir={tmp_path}"))
+
+
+@pytest.mark.slow
+def test_sigterm_ends_a_long_evaluation_at_once_with_143(trained, tmp_path):
+    checkpoint, _ = trained
+    process = subprocess.Popen([sys.executable, str(REPO / "eval.py"), f"ckpt_path={checkpoint}", "accelerator=cpu",
+                                "lengths=[100000]", "samples=2", "batch_size=2", f"hydra.run.dir={tmp_path}"],
+                               cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    seen = ""
+    try:
+        while "segment " not in seen and process.poll() is None:  # the progress bar: segments are being read
+            seen += process.stderr.read(1)
+        process.send_signal(signal.SIGTERM)
+        # Lightning's own handler alone would let it read all 100,000 segments (minutes) before exiting 0.
+        process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == SIGTERM_EXIT_CODE, seen[-2000:]

@@ -23,6 +23,7 @@ from memlm.checkpointing import load_checkpoint
 from memlm.evaluation.babilong import evaluate_babilong, tasks_to_score
 from memlm.evaluation.lengths import evaluate_lengths
 from memlm.module import MemoryLM
+from memlm.runs import ending_on_sigterm
 from memlm.training import build_datamodule
 
 PROTOCOLS = {"lengths": evaluate_lengths, "babilong": evaluate_babilong}
@@ -97,4 +98,5 @@ def evaluate(cfg: DictConfig):
                              "drop them, or drop ckpt_path to evaluate the model they build")
         model, checkpoint = load_checkpoint(cfg.ckpt_path)
     data = resolved_data(cfg, OmegaConf.merge(model.hparams.data, cfg.data, {"batch_size": cfg.batch_size}))
-    return PROTOCOLS[choose_protocol(cfg, data)](cfg, model, checkpoint, data)
+    with ending_on_sigterm():
+        return PROTOCOLS[choose_protocol(cfg, data)](cfg, model, checkpoint, data)
