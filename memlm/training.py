@@ -4,6 +4,7 @@ call this directly."""
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 from pathlib import Path
 
@@ -37,7 +38,14 @@ from memlm.runs import SIGTERM_EXIT_CODE, CheckpointOnSigterm, RunLock, fitting_
 def build_datamodule(data: DictConfig | dict, tokenizer: PreTrainedTokenizerBase, is_decoder: bool
                      ) -> MemoryDataModule:
     """The DataModule of a data config, built for the one objective its kind of data and the backbone call for."""
-    objective = choose_objective(get_class(data["_target_"]).kind, is_decoder)
+    module = get_class(data["_target_"])
+    keys = inspect.signature(module.__init__).parameters
+    unknown = sorted(set(data) - {"_target_", "tokenizer", "objective"} - set(keys))
+    if unknown:
+        # A checkpoint written by another version of memlm can carry a key this version's DataModule lacks.
+        raise ValueError(f"data.{unknown[0]}: not a key of {module.__name__}, which takes "
+                         f"{', '.join(key for key in keys if key not in ('self', 'tokenizer', 'objective'))}")
+    objective = choose_objective(module.kind, is_decoder)
     try:
         return instantiate(data, tokenizer=tokenizer, objective=objective)
     except InstantiationException as error:

@@ -191,6 +191,14 @@ def test_eval_takes_any_data_key_and_refuses_a_misspelt_top_level_key():
         compose_eval(["ckpt_path=x", "lenghts=[1,2]"])
 
 
+def test_a_data_key_the_datamodule_lacks_is_refused_by_name(tmp_path):
+    # What a checkpoint written by another version of memlm can hold: eval.py builds its data from the checkpoint.
+    cfg = compose_train([*TINY_GPT2, "+data.planted_distractors=2", f"run_dir={tmp_path}"])
+    with pytest.raises(ValueError, match=r"data.planted_distractors: not a key of FactTaskDataModule, which takes "
+                                         r"task, background, .*distractors"):
+        build(cfg)
+
+
 @pytest.mark.parametrize("option", options("data"))
 def test_every_data_option_builds_its_datamodule_and_a_model_for_its_objective(option, tmp_path, background):
     # 48 tokens: a size no option has by default, to see the override reach the datamodule.
