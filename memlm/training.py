@@ -4,7 +4,6 @@ call this directly."""
 from __future__ import annotations
 
 import contextlib
-import inspect
 import json
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from memlm.checkpointing import (
     remove_partial_saves,
     resume_checkpoint,
 )
-from memlm.config import check_config
+from memlm.config import check_config, check_types
 from memlm.curriculum import SegmentCurriculum
 from memlm.data.base import MemoryDataModule
 from memlm.metrics import metric_name
@@ -39,12 +38,8 @@ def build_datamodule(data: DictConfig | dict, tokenizer: PreTrainedTokenizerBase
                      ) -> MemoryDataModule:
     """The DataModule of a data config, built for the one objective its kind of data and the backbone call for."""
     module = get_class(data["_target_"])
-    keys = inspect.signature(module.__init__).parameters
-    unknown = sorted(set(data) - {"_target_", "tokenizer", "objective"} - set(keys))
-    if unknown:
-        # A checkpoint written by another version of memlm can carry a key this version's DataModule lacks.
-        raise ValueError(f"data.{unknown[0]}: not a key of {module.__name__}, which takes "
-                         f"{', '.join(key for key in keys if key not in ('self', 'tokenizer', 'objective'))}")
+    # eval.py builds the data a checkpoint holds, which another version of memlm may have written with other keys.
+    check_types(OmegaConf.to_container(data, resolve=True) if isinstance(data, DictConfig) else data, module, "data")
     objective = choose_objective(module.kind, is_decoder)
     try:
         return instantiate(data, tokenizer=tokenizer, objective=objective)

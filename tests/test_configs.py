@@ -22,7 +22,7 @@ from memlm.config import check_config
 from memlm.evaluation import EVAL_CONFIG
 from memlm.metrics import metric_name
 from memlm.objectives import OBJECTIVES
-from memlm.training import build
+from memlm.training import build, build_datamodule
 from tests.conftest import CONF, REPO, TINY_GPT2, compose_train, write_background
 
 
@@ -194,9 +194,9 @@ def test_eval_takes_any_data_key_and_refuses_a_misspelt_top_level_key():
 def test_a_data_key_the_datamodule_lacks_is_refused_by_name(tmp_path):
     # What a checkpoint written by another version of memlm can hold: eval.py builds its data from the checkpoint.
     cfg = compose_train([*TINY_GPT2, "+data.planted_distractors=2", f"run_dir={tmp_path}"])
-    with pytest.raises(ValueError, match=r"data.planted_distractors: not a key of FactTaskDataModule, which takes "
-                                         r"task, background, .*distractors"):
-        build(cfg)
+    with pytest.raises(ValueError, match=r"data.planted_distractors is not a setting of FactTaskDataModule, which "
+                                         r"takes \[.*'task', 'background', .*'distractors'\]"):
+        build_datamodule(cfg.data, None, is_decoder=True)
 
 
 @pytest.mark.parametrize("option", options("data"))
