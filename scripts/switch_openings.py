@@ -12,6 +12,11 @@ the sample names (a decoy's move), one that only the background text names (Aust
 sheriff"), or neither. Prints those tables and how many segments opened per sample, and writes
 switch_openings_<segments>seg.json beside the checkpoint's run directory. This is how the README's accounts of
 detect at long lengths were found.
+
+`--interventions` answers the same samples again with the switch forced on chosen segments (its logits set to
+±1e4, so every element is kept or replaced): shut on the segments before the fact, shut after it, shut on all
+background, or fully open on the fact's last segment. Which forcing turns wrong answers right says which writes
+lose the fact: a background write before it, one after it, or a fact written into too few elements.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import json
 import os
 import re
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -76,6 +82,43 @@ def openings(model, plans: list[SamplePlan]) -> list[tuple[list[int], bool, int]
     return [(opened[i].nonzero().flatten().tolist(), bool(tally.correct[i]), int(said[i])) for i in range(len(plans))]
 
 
+FORCINGS: dict[str, Callable[[int, list[int]], str | None]] = {
+    "shut before the fact": lambda segment, facts: "shut" if segment < facts[0] else None,
+    "shut after the fact": lambda segment, facts: "shut" if segment > facts[-1] else None,
+    "shut on all background": lambda segment, facts: None if segment in facts else "shut",
+    "fully open on the fact's last segment": lambda segment, facts: "open" if segment == facts[-1] else None,
+}
+"""What each intervention does to the switch of a segment, given the sample's fact segments: "shut", "open" or
+None (left to the gate)."""
+
+
+@torch.no_grad()
+def answered_with_switch_forced(model, plans: list[SamplePlan],
+                                forcing: Callable[[int, list[int]], str | None]) -> list[bool]:
+    """Whether each sample is answered right when `forcing` sets the switch of its segments."""
+    facts = [fact_segments(plan) for plan in plans]
+    segment = 0
+
+    def force(module, inputs, logits):
+        nonlocal segment
+        forced = [forcing(segment, sample_facts) for sample_facts in facts]
+        segment += 1
+        if not any(forced):
+            return logits
+        logits = logits.clone()
+        for i, action in enumerate(forced):
+            if action is not None:
+                logits[i] = 1e4 if action == "open" else -1e4
+        return logits
+
+    hook = model.head.write_gate.register_forward_hook(force)
+    try:
+        _, tally = model.unroll(default_collate([plan.whole() for plan in plans]))
+    finally:
+        hook.remove()
+    return [bool(right) for right in tally.correct]
+
+
 def named_by(word: str, plan: SamplePlan, decode) -> str:
     """Where a sample names a word: "another fact" (a fact piece other than the question's), "background" (only
     the background text), or "nowhere"."""
@@ -94,6 +137,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--samples", type=int, default=32)
     parser.add_argument("--split", default="test")
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--interventions", action="store_true",
+                        help="answer again with the switch forced shut or open on chosen segments (FORCINGS)")
     args = parser.parse_args(argv)
     model, _ = load_checkpoint(str(args.checkpoint))
     model.eval()
@@ -104,9 +149,13 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error(f"{args.checkpoint}: trained on {model.hparams.data['_target_']}, not a fact task")
     plans = list(datamodule.samples(args.split, args.segments, args.samples, streamed=True))
     table, opened_per_sample, wrong_words = Counter(), [], Counter()
+    answered = {name: [] for name in ("as trained", *(FORCINGS if args.interventions else ()))}
     for first in range(0, len(plans), args.batch_size):
         batch = plans[first : first + args.batch_size]
+        for name, forcing in FORCINGS.items() if args.interventions else ():
+            answered[name] += answered_with_switch_forced(model, batch, forcing)
         for plan, (opened, right, said) in zip(batch, openings(model, batch), strict=True):
+            answered["as trained"].append(right)
             table[(*where_opened(opened, fact_segments(plan)), right)] += 1
             opened_per_sample.append(len(opened))
             if not right:
@@ -127,12 +176,23 @@ def main(argv: list[str] | None = None) -> dict:
     print("|---|---|---|")
     for (word, where), count in wrong_words.most_common():
         print(f"| {word} | {where} | {count} |")
+    trained = answered["as trained"]
+    interventions = [{"switch": name, "accuracy": sum(right) / args.samples,
+                      "turned_right": sum(new and not old for new, old in zip(right, trained, strict=True)),
+                      "turned_wrong": sum(old and not new for new, old in zip(right, trained, strict=True))}
+                     for name, right in answered.items()]
+    if args.interventions:
+        print("| switch | accuracy | wrong answers turned right | right answers turned wrong |")
+        print("|---|---|---|---|")
+        for row in interventions:
+            print(f"| {row['switch']} | {row['accuracy']:.3f} | {row['turned_right']} | {row['turned_wrong']} |")
     report = {"checkpoint": str(args.checkpoint), "segments": args.segments, "samples": args.samples,
               "split": args.split, "accuracy": accuracy, "opened_per_sample": opened_per_sample,
               "rows": [{"before": row[0], "on": row[1], "after": row[2], "right": table[(*row, True)],
                         "wrong": table[(*row, False)]} for row in rows],
               "wrong_answers": [{"said": word, "named_by": where, "samples": count}
-                                for (word, where), count in wrong_words.most_common()]}
+                                for (word, where), count in wrong_words.most_common()],
+              "interventions": interventions if args.interventions else []}
     out = args.checkpoint.resolve().parent.parent / f"switch_openings_{args.segments}seg.json"
     out.write_text(json.dumps(report, indent=2))
     print(f"written: {out}")

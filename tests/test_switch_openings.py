@@ -88,3 +88,27 @@ def test_the_report_counts_every_sample_and_is_written_beside_the_run(memorize_r
     report = switch_openings.main([str(checkpoint), "--segments", "3", "--samples", "7", "--batch-size", "3"])
     assert sum(row["right"] + row["wrong"] for row in report["rows"]) == 7 == len(report["opened_per_sample"])
     assert json.loads((checkpoint.parent.parent / "switch_openings_3seg.json").read_text()) == report
+
+
+@pytest.mark.parametrize("action, bias", [("shut", -30.0), ("open", 30.0)])
+def test_a_forced_switch_answers_as_a_gate_that_is_always_shut_or_open(memorize_run, action, bias):
+    model, _ = load_checkpoint(str(memorize_run[0]))
+    model.eval()
+    datamodule = build_datamodule(model.hparams.data, model.tokenizer, True)
+    plans = list(datamodule.samples("test", 3, 8, streamed=True))
+    forced = switch_openings.answered_with_switch_forced(model, plans, lambda segment, facts: action)
+    model.head.write_gate.bias.data.fill_(bias)
+    model.head.write_gate.weight.data.zero_()
+    assert forced == [right for _, right, _ in switch_openings.openings(model, plans)]
+
+
+def test_interventions_score_every_sample_and_leave_the_as_trained_answers_alone(memorize_run):
+    checkpoint, _ = memorize_run
+    report = switch_openings.main([str(checkpoint), "--segments", "3", "--samples", "5", "--interventions"])
+    rows = {row["switch"]: row for row in report["interventions"]}
+    assert list(rows) == ["as trained", *switch_openings.FORCINGS]
+    assert rows["as trained"]["accuracy"] == report["accuracy"]
+    assert rows["as trained"]["turned_right"] == rows["as trained"]["turned_wrong"] == 0
+    for row in rows.values():
+        right = round(row["accuracy"] * 5)
+        assert right == round(report["accuracy"] * 5) + row["turned_right"] - row["turned_wrong"]
