@@ -149,13 +149,14 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error(f"{args.checkpoint}: trained on {model.hparams.data['_target_']}, not a fact task")
     plans = list(datamodule.samples(args.split, args.segments, args.samples, streamed=True))
     table, opened_per_sample, wrong_words = Counter(), [], Counter()
-    answered = {name: [] for name in ("as trained", *(FORCINGS if args.interventions else ()))}
+    forcings = FORCINGS if args.interventions else {}
+    trained, forced = [], {name: [] for name in forcings}
     for first in range(0, len(plans), args.batch_size):
         batch = plans[first : first + args.batch_size]
-        for name, forcing in FORCINGS.items() if args.interventions else ():
-            answered[name] += answered_with_switch_forced(model, batch, forcing)
+        for name, forcing in forcings.items():
+            forced[name] += answered_with_switch_forced(model, batch, forcing)
         for plan, (opened, right, said) in zip(batch, openings(model, batch), strict=True):
-            answered["as trained"].append(right)
+            trained.append(right)
             table[(*where_opened(opened, fact_segments(plan)), right)] += 1
             opened_per_sample.append(len(opened))
             if not right:
@@ -176,12 +177,11 @@ def main(argv: list[str] | None = None) -> dict:
     print("|---|---|---|")
     for (word, where), count in wrong_words.most_common():
         print(f"| {word} | {where} | {count} |")
-    trained = answered["as trained"]
     interventions = [{"switch": name, "accuracy": sum(right) / args.samples,
                       "turned_right": sum(new and not old for new, old in zip(right, trained, strict=True)),
                       "turned_wrong": sum(old and not new for new, old in zip(right, trained, strict=True))}
-                     for name, right in answered.items()]
-    if args.interventions:
+                     for name, right in {"as trained": trained, **forced}.items()] if forcings else []
+    if interventions:
         print("| switch | accuracy | wrong answers turned right | right answers turned wrong |")
         print("|---|---|---|---|")
         for row in interventions:
@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> dict:
                         "wrong": table[(*row, False)]} for row in rows],
               "wrong_answers": [{"said": word, "named_by": where, "samples": count}
                                 for (word, where), count in wrong_words.most_common()],
-              "interventions": interventions if args.interventions else []}
+              "interventions": interventions}
     out = args.checkpoint.resolve().parent.parent / f"switch_openings_{args.segments}seg.json"
     out.write_text(json.dumps(report, indent=2))
     print(f"written: {out}")
