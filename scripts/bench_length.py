@@ -2,14 +2,15 @@
 
     python scripts/bench_length.py [--models rmt baseline] [--seeds 0 1 2] [--data memorize]
                                    [--lengths 1 8 64 512 4096 32768] [--samples 32] [--precision 32-true]
-                                   [--out outputs/bench_length]
+                                   [--out outputs/bench_length] [--average-last N] [--overrides KEY=VALUE ...]
 
 Trains each model with the default config and each seed (`python train.py model=<model> data=<data> seed=<seed>`),
 then evaluates its last checkpoint on the test book at each length (in segments of 32 tokens: 32768 segments are
-1,048,576 tokens). Each length is evaluated by its own `eval.py` process, so the process's peak resident memory is
-that length's. Prints a table (mean and worst seed per length; tokens/s and peak memory per length) and writes
-bench_length_<data>_<models>.json and accuracy_by_length_<data>_<models>.png (one line per model and seed) under
---out.
+1,048,576 tokens); with `--average-last N`, the mean weights of its last N checkpoints instead
+(`scripts/average_checkpoints.py`; the run then keeps every validation's checkpoint). Each length is evaluated by
+its own `eval.py` process, so the process's peak resident memory is that length's. Prints a table (mean and worst
+seed per length; tokens/s and peak memory per length) and writes bench_length_<data>_<models>.json and
+accuracy_by_length_<data>_<models>.png (one line per model and seed) under --out.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
+from average_checkpoints import write_average  # noqa: E402
 from benchmarking import composed, machine  # noqa: E402
 
 from memlm.plots import plot_series_by_length  # noqa: E402
@@ -90,6 +92,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("outputs/bench_length"))
     parser.add_argument("--overrides", nargs="*", default=[],
                         help="extra train.py overrides (debug=limit for a smoke run); the figures use none")
+    parser.add_argument("--average-last", type=int, default=None, metavar="N",
+                        help="evaluate the mean weights of each run's last N checkpoints in place of last.ckpt")
     args = parser.parse_args()
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -98,11 +102,14 @@ def main() -> None:
     for model in args.models:
         for seed in args.seeds:
             run_dir = out / args.data / model / f"seed{seed}"
-            trained = train_seed(model, args.data, seed, run_dir, args.overrides)
-            run = {"model": model, "seed": seed, **trained, "lengths": {}}
+            keep_every = ["callbacks.model_checkpoint.save_top_k=-1"] if args.average_last else []
+            trained = train_seed(model, args.data, seed, run_dir, [*args.overrides, *keep_every])
+            run = {"model": model, "seed": seed, **trained, "averaged_last": args.average_last, "lengths": {}}
+            checkpoint = run_dir / "checkpoints" / "last.ckpt"
+            if args.average_last:
+                checkpoint = write_average(run_dir, args.average_last)
             for n in args.lengths:
-                result = evaluate_length(run_dir / "checkpoints" / "last.ckpt", n, args.samples, args.precision,
-                                         run_dir / f"eval{n}")
+                result = evaluate_length(checkpoint, n, args.samples, args.precision, run_dir / f"eval{n}")
                 run["lengths"][n] = result
                 print(f"{model} seed {seed}: {n} segments, accuracy {result['accuracy']:.3f}, "
                       f"{result['tokens_per_s']:.0f} tokens/s, {result['peak_rss_mib']:.0f} MiB", flush=True)
