@@ -146,27 +146,29 @@ def load_initial_weights(model: MemoryLM, path: str) -> None:
         )
 
 
-def resume_checkpoint(ckpt_path: str | None, run_dir: Path) -> str | None:
-    """`ckpt_path` if given, else the newest complete checkpoint of the run directory (None for a fresh run).
-
-    Candidates are the checkpoints Lightning writes there (`checkpoints/*.ckpt`, and `hpc_ckpt_*.ckpt` from a SLURM
-    requeue); the newest is the one holding the highest step, `last.ckpt` on a tie. Files that do not read as
-    checkpoints are skipped with a warning.
-    """
-    if ckpt_path is not None:
-        return checkpoint_file(ckpt_path, "ckpt_path")
-    directory = run_dir / "checkpoints"
-    newest, newest_rank = None, None
-    for path in [*directory.glob("*.ckpt"), *run_dir.glob("hpc_ckpt_*.ckpt")]:
+def checkpoints_by_step(run_dir: Path) -> dict[int, Path]:
+    """The run directory's complete checkpoints by the step they hold, oldest first: those Lightning writes
+    (`checkpoints/*.ckpt`, and `hpc_ckpt_*.ckpt` from a SLURM requeue), `last.ckpt` for a step that has a twin.
+    Files that do not read as checkpoints are skipped with a warning."""
+    by_step: dict[int, Path] = {}
+    for path in [*(run_dir / "checkpoints").glob("*.ckpt"), *run_dir.glob("hpc_ckpt_*.ckpt")]:
         try:
             step = read_checkpoint(str(path), "ckpt_path")["global_step"]
         except (ValueError, KeyError):
-            warnings.warn(f"{path} is not a complete checkpoint; resuming from another", stacklevel=2)
+            warnings.warn(f"{path} is not a complete checkpoint; passed over", stacklevel=2)
             continue
-        rank = (step, path.name == "last.ckpt")
-        if newest_rank is None or rank > newest_rank:
-            newest, newest_rank = path, rank
-    return str(newest) if newest is not None else None
+        if step not in by_step or path.name == "last.ckpt":
+            by_step[step] = path
+    return dict(sorted(by_step.items()))
+
+
+def resume_checkpoint(ckpt_path: str | None, run_dir: Path) -> str | None:
+    """`ckpt_path` if given, else the run directory's checkpoint holding the highest step (None for a fresh
+    run; see `checkpoints_by_step`)."""
+    if ckpt_path is not None:
+        return checkpoint_file(ckpt_path, "ckpt_path")
+    by_step = checkpoints_by_step(run_dir)
+    return str(by_step[max(by_step)]) if by_step else None
 
 
 def remove_partial_saves(run_dir: Path) -> None:

@@ -11,11 +11,11 @@ segments, one run (seed 2) scored 0.30 at one validation and 0.98 at the next, 1
 last six checkpoints' weights scored near the checkpoints' mean on two seeds and below the last checkpoint on two
 others (README, detect): a second look at a run, not a cure.
 
-The checkpoints are the run's `checkpoints/*.ckpt`, one per step (`last.ckpt` is the newest step's twin), and the
-last N by step are averaged: floating-point weights by their mean, integer buffers taken from the newest. The file
-keeps the newest checkpoint's hyper-parameters, step and curriculum stage, and lists the steps averaged under
+The checkpoints are those resuming chooses from (`memlm.checkpointing.checkpoints_by_step`), and the last N by
+step are averaged: floating-point weights by their mean, integer buffers taken from the newest. The file keeps the
+newest checkpoint's hyper-parameters, step and curriculum stage, and lists the steps averaged under
 `averaged_steps`; it holds no optimiser or loop state, so it cannot be resumed from, and it is written to
-`<run dir>/averaged/`, outside the `checkpoints/` folder that resuming reads.
+`<run dir>/averaged/`, where resuming does not look.
 """
 
 from __future__ import annotations
@@ -25,19 +25,11 @@ from pathlib import Path
 
 import torch
 
-from memlm.checkpointing import read_checkpoint
+from memlm.checkpointing import checkpoints_by_step, read_checkpoint
 from memlm.curriculum import SegmentCurriculum
 
 KEPT = ("epoch", "global_step", "pytorch-lightning_version", "hparams_name", "hyper_parameters", "state_dict")
 """What an averaged checkpoint keeps of the newest one (its curriculum's state too): what eval.py reads."""
-
-
-def checkpoints_by_step(run_dir: Path) -> dict[int, Path]:
-    """The run's checkpoint files, one per step (a step's own file before `last.ckpt`, its twin)."""
-    by_step: dict[int, Path] = {}
-    for path in sorted((run_dir / "checkpoints").glob("*.ckpt"), key=lambda path: path.name == "last.ckpt"):
-        by_step.setdefault(read_checkpoint(str(path), "checkpoint")["global_step"], path)
-    return dict(sorted(by_step.items()))
 
 
 def averaged(paths: list[Path]) -> dict:
