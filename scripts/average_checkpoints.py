@@ -39,7 +39,7 @@ def averaged(paths: list[Path]) -> dict:
              if tensor.is_floating_point()}
     steps = []
     for path in paths:
-        checkpoint = read_checkpoint(str(path), "checkpoint")
+        checkpoint = newest if path == paths[-1] else read_checkpoint(str(path), "checkpoint")
         if checkpoint["hyper_parameters"] != newest["hyper_parameters"]:
             raise ValueError(f"{path} and {paths[-1]} hold different hyper-parameters: average checkpoints of "
                              "one run only")

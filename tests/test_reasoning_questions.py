@@ -7,6 +7,7 @@ import random
 
 import pytest
 
+from memlm.checkpointing import load_checkpoint
 from memlm.data.babi import relation_story
 from memlm.training import build_datamodule, train
 from tests.conftest import REPO, fast_config
@@ -54,8 +55,6 @@ def reasoning_run(tmp_path_factory, background):
 
 
 def test_the_story_is_read_back_from_the_samples_pieces(reasoning_run, tokenizer):
-    from memlm.checkpointing import load_checkpoint
-
     model, _ = load_checkpoint(str(reasoning_run))
     datamodule = build_datamodule(model.hparams.data, tokenizer, True)
     kinds = set()
