@@ -74,6 +74,8 @@ def check_config(cfg: DictConfig) -> None:
         raise TypeError(f"seed={plain.get('seed')!r} must be an integer")
     if not conforms(plain.get("threads"), int | None):
         raise TypeError(f"threads={plain.get('threads')!r} must be an integer or null")
+    if not isinstance(plain.get("keep_freed_memory"), bool):
+        raise TypeError(f"keep_freed_memory={plain.get('keep_freed_memory')!r} must be true or false")
     for group, consumer in GROUPS.items():
         node = plain[group]
         check_types(node, consumer or get_method(node["_target_"]), group)

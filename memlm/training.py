@@ -31,7 +31,14 @@ from memlm.metrics import metric_name
 from memlm.module import MemoryLM
 from memlm.objectives import choose_objective
 from memlm.plots import plot_by_length
-from memlm.runs import SIGTERM_EXIT_CODE, CheckpointOnSigterm, RunLock, fitting_threads, is_first_process
+from memlm.runs import (
+    SIGTERM_EXIT_CODE,
+    CheckpointOnSigterm,
+    RunLock,
+    fitting_threads,
+    is_first_process,
+    keep_freed_memory,
+)
 
 
 def build_datamodule(data: DictConfig | dict, tokenizer: PreTrainedTokenizerBase, is_decoder: bool
@@ -71,6 +78,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """Train as `cfg` says and return the final validation metrics."""
     check_config(cfg)
     torch.set_num_threads(fitting_threads(cfg.threads, cfg.trainer.accelerator, cfg.trainer.devices))
+    if cfg.keep_freed_memory:
+        keep_freed_memory()
     L.seed_everything(cfg.seed, workers=True)
     run_dir = Path(cfg.run_dir)
     # Read first: a missing mandatory value (hmt_stage2's stage1_checkpoint) fails before any work.

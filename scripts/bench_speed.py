@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import statistics
 import time
@@ -59,6 +60,7 @@ from benchmarking import composed, machine  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from memlm.module import FUSED_ADAMW_DEVICES  # noqa: E402
+from memlm.runs import keep_freed_memory  # noqa: E402
 from memlm.training import build  # noqa: E402
 
 SIZES = {
@@ -140,25 +142,27 @@ class Contestant:
         return loss
 
 
-class Lucidrains(Contestant):
-    """lucidrains' RecurrentMemoryTransformer on `memlm`'s batch, shaped like memlm's backbone and RMT; timed by
-    Contestant.step, built here instead of from a memlm config."""
+def lucidrains_shape(memlm: Contestant) -> dict:
+    """The keywords of lucidrains' RecurrentMemoryTransformer that match memlm's backbone and RMT."""
+    config, head = memlm.model.head.backbone.model.config, memlm.model.head
+    return {"dim": config.hidden_size, "num_tokens": config.vocab_size, "depth": config.num_hidden_layers,
+            "heads": config.num_attention_heads, "dim_head": config.hidden_size // config.num_attention_heads,
+            "num_memory_tokens": head.num_mem_tokens, "seq_len": memlm.batch["input_ids"].shape[-1]}
 
-    def __init__(self, memlm: Contestant):
+
+class Lucidrains(Contestant):
+    """lucidrains' RecurrentMemoryTransformer on memlm's token batch, shaped like memlm's backbone and RMT; timed by
+    Contestant.step, built from `lucidrains_shape` instead of a memlm config."""
+
+    def __init__(self, name: str, shape: dict, ids: torch.Tensor, device: torch.device, precision: str):
         from recurrent_memory_transformer_pytorch import RecurrentMemoryTransformer, RecurrentMemoryTransformerWrapper
 
-        config, head = memlm.model.head.backbone.model.config, memlm.model.head
-        model = RecurrentMemoryTransformer(
-            config.hidden_size, num_tokens=config.vocab_size, depth=config.num_hidden_layers,
-            heads=config.num_attention_heads, dim_head=config.hidden_size // config.num_attention_heads,
-            num_memory_tokens=head.num_mem_tokens, seq_len=memlm.batch["input_ids"].shape[-1],
-            use_xl_memories=False, num_residual_streams=1)
-        self.name, self.device, self.tokens, self.times = "lucidrains", memlm.device, memlm.tokens, []
-        self.model = RecurrentMemoryTransformerWrapper(model).to(memlm.device).train()
-        self.optimizer = adamw(self.model, memlm.device)
-        self.ids = memlm.batch["input_ids"].flatten(1)
-        self.ids = torch.cat([self.ids, self.ids[:, -1:]], dim=1)  # it predicts x[1:] from x[:-1]
-        self.autocast = memlm.autocast
+        model = RecurrentMemoryTransformer(**shape, use_xl_memories=False, num_residual_streams=1)
+        self.name, self.device, self.tokens, self.times = name, device, ids.numel(), []
+        self.model = RecurrentMemoryTransformerWrapper(model).to(device).train()
+        self.optimizer = adamw(self.model, device)
+        self.ids = torch.cat([ids, ids[:, -1:]], dim=1).to(device)  # it predicts x[1:] from x[:-1]
+        self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16-mixed")
 
     def train_step(self) -> torch.Tensor:
         with self.autocast:
@@ -166,6 +170,35 @@ class Lucidrains(Contestant):
         loss.backward()
         self.optimizer.step()
         return loss
+
+
+def lucidrains_worker(connection, threads: int, *arguments) -> None:
+    """A process of its own for `Lucidrains(*arguments)`: one step, its seconds sent back, per request."""
+    torch.set_num_threads(threads)
+    contestant = Lucidrains(*arguments)
+    while connection.recv():
+        connection.send(contestant.step())
+
+
+class LucidrainsProcess:
+    """`Lucidrains` stepped in a spawned process, so that it runs with the C library's allocator as its users run
+    it, not with this process's `keep_freed_memory`; its steps still alternate with the others'."""
+
+    def __init__(self, name: str, *arguments):
+        context = multiprocessing.get_context("spawn")
+        self.connection, child = context.Pipe()
+        self.process = context.Process(target=lucidrains_worker, args=(child, torch.get_num_threads(), name,
+                                                                       *arguments), daemon=True)
+        self.process.start()
+        self.name, self.tokens, self.times = name, arguments[1].numel(), []
+
+    def step(self) -> float:
+        self.connection.send(True)
+        return self.connection.recv()
+
+    def close(self) -> None:
+        self.connection.send(False)
+        self.process.join()
 
 
 def interleaved(contestants: list, steps: int) -> None:
@@ -216,8 +249,13 @@ def lucidrains_rows(args, device: torch.device) -> list[dict]:
               "(pip install -e '.[bench]')")
         return []
     memlm = Contestant("memlm rmt", ["data=pg19"], args.batch_size, args.segments, device, args.precision)
-    contestants = [memlm, Lucidrains(memlm)]
+    arguments = (lucidrains_shape(memlm), memlm.batch["input_ids"].flatten(1).cpu(), device, args.precision)
+    contestants = [memlm, Lucidrains("lucidrains, this process", *arguments)]
+    if args.keep_freed_memory:
+        contestants.append(LucidrainsProcess("lucidrains, own process", *arguments))
     interleaved(contestants, args.steps)
+    if args.keep_freed_memory:
+        contestants[-1].close()
     ours = statistics.median(memlm.times)
     return [{"model": c.name, "step_s": statistics.median(c.times), "spread": max(c.times) / min(c.times),
              "tokens_per_s": c.tokens / statistics.median(c.times),
@@ -297,8 +335,8 @@ def profile_tables(args, device: torch.device, rows: int = 25) -> dict[str, str]
     sort_by = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
     tables = {}
     for name in args.heads:
-        contestant = Contestant(name, [*SIZES[args.size], *HEAD_OVERRIDES[name]], args.batch_size, args.segments,
-                                device, args.precision)
+        contestant = Contestant(name, [*SIZES[args.size], *HEAD_OVERRIDES[name], f"data={args.data}"],
+                                args.batch_size, args.segments, device, args.precision)
         contestant.step()
         contestant.step()
         with profile(activities=activities) as profiler:
@@ -335,6 +373,8 @@ def main() -> None:
     parser.add_argument("--memory-segments", type=int, nargs="*", default=[4, 16, 64])
     parser.add_argument("--bptt-depth", type=int, default=2)
     parser.add_argument("--versus-lucidrains", action="store_true")
+    parser.add_argument("--keep-freed-memory", action=argparse.BooleanOptionalAction, default=True,
+                        help="as train.py and eval.py do by default (keep_freed_memory=true, memlm/runs.py)")
     parser.add_argument("--evaluation", action="store_true")
     parser.add_argument("--eval-segments", type=int, default=64)
     parser.add_argument("--profile", action="store_true")
@@ -348,6 +388,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("outputs/bench_speed"))
     args = parser.parse_args()
     device = torch.device(args.device)
+    if args.keep_freed_memory:
+        keep_freed_memory()
     torch.manual_seed(0)
     bf16 = args.precision == "bf16-mixed"
     on_gpu = device.type == "cuda"
@@ -379,7 +421,7 @@ def main() -> None:
     if lucidrains:
         print(f"\nRMT against lucidrains' recurrent-memory-transformer, {args.batch_size} x {args.segments} segments")
         for row in lucidrains:
-            print(f"{row['model']:<11} {row['step_s']:>8.3f} s (spread {row['spread']:.2f}) "
+            print(f"{row['model']:<24} {row['step_s']:>8.3f} s (spread {row['spread']:.2f}) "
                   f"{row['tokens_per_s']:>9.0f} tokens/s  x{row['memlm_speedup']:.2f} memlm's step time")
 
     evaluation = evaluation_rows(args, device) if args.evaluation else []

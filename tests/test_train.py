@@ -81,6 +81,7 @@ def test_impossible_settings_fail_at_start_naming_the_key(fast_cfg, override, me
     ("trainer.max_steps=ten", "trainer.max_steps='ten' must be an integer"),
     ("optim.lr=fast", "optim.lr='fast' must be a number"),
     ("seed=one", "seed='one' must be an integer"),
+    ("keep_freed_memory=sometimes", "keep_freed_memory='sometimes' must be true or false"),
     ("curriculum.segments=[1,two]", r"curriculum.segments=\[1, 'two'\] must be a list of integers"),
 ])
 def test_values_of_the_wrong_type_fail_at_start_naming_the_key(fast_cfg, override, message):

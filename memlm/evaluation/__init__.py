@@ -23,7 +23,7 @@ from memlm.checkpointing import load_checkpoint
 from memlm.evaluation.babilong import evaluate_babilong, tasks_to_score
 from memlm.evaluation.lengths import evaluate_lengths
 from memlm.module import MemoryLM
-from memlm.runs import ending_on_sigterm
+from memlm.runs import ending_on_sigterm, keep_freed_memory
 from memlm.training import build_datamodule
 
 PROTOCOLS = {"lengths": evaluate_lengths, "babilong": evaluate_babilong}
@@ -88,6 +88,8 @@ def composed_model(cfg: DictConfig) -> MemoryLM:
 def evaluate(cfg: DictConfig):
     """Measure the checkpoint `cfg.ckpt_path`, or without one the model the config groups build, under
     `cfg.protocol`; write its tables and plots into `cfg.out_dir` and return the protocol's report."""
+    if cfg.keep_freed_memory:
+        keep_freed_memory()
     if cfg.ckpt_path is None:
         model, checkpoint = composed_model(cfg), {}
     else:
