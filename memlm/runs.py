@@ -91,6 +91,68 @@ def busy_cores(cores: set[int], seconds: float = 0.1) -> int:
     return round(busy)
 
 
+NOISY_CORES = 0.2
+"""Other processes' mean use of the cores during a measurement past which `OthersLoad` calls it noisy: on 2 cores one
+busy process slowed a 2-thread step 3.5x."""
+
+
+class OthersLoad:
+    """What other processes did to the machine during a `with` block: the cores they kept busy on average (all the
+    machine's busy time from /proc/stat, less this process's and its children's), so a benchmark can say which
+    of its measurements ran beside other work; /proc counts in ticks of 10 ms, so a block should last a second or
+    more. `cores` is None where /proc cannot be read."""
+
+    def __enter__(self) -> OthersLoad:
+        self.cores = None
+        self._start = (_machine_busy_seconds(), _own_cpu_seconds(), time.monotonic())
+        return self
+
+    def __exit__(self, *exc) -> None:
+        machine, own, started = self._start
+        machine_now, own_now = _machine_busy_seconds(), _own_cpu_seconds()
+        if None not in (machine, own, machine_now, own_now):
+            wall = max(time.monotonic() - started, 1e-9)
+            self.cores = max(0.0, (machine_now - machine - (own_now - own)) / wall)
+
+    @property
+    def noisy(self) -> bool:
+        return self.cores is not None and self.cores > NOISY_CORES
+
+
+def _machine_busy_seconds() -> float | None:
+    """CPU seconds every core has spent busy since boot (all but idle and iowait)."""
+    try:
+        fields = [int(tick) for tick in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_cpu_seconds() -> float | None:
+    """CPU seconds of this process and its descendants, live and exited (an exited child's time moves into its
+    parent's once the parent has waited for it)."""
+    processes = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdecimal():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # ended since the listing
+        processes[int(entry.name)] = (int(fields[1]), sum(int(tick) for tick in fields[11:15]))
+    if os.getpid() not in processes:
+        return None
+    children: dict[int, list[int]] = {}
+    for pid, (parent, _) in processes.items():
+        children.setdefault(parent, []).append(pid)
+    total, stack = 0, [os.getpid()]
+    while stack:
+        pid = stack.pop()
+        total += processes[pid][1]
+        stack.extend(children.get(pid, []))
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def fitting_threads(threads: int | None, accelerator: str, devices) -> int:
     """`threads` if set, else OMP_NUM_THREADS if the environment sets it, else the cores this process may use, less
     those other processes keep busy now, divided by the processes of the launch on this machine: torchrun's

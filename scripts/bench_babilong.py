@@ -47,8 +47,8 @@ def trained_run(head: str, task: str, args: argparse.Namespace) -> tuple[Path, d
         return run_dir, json.loads(training_record(run_dir).read_text())
     overrides = [*HEADS[head], "data=babilong", f"data.task={task}",
                  f"curriculum.segment_range={args.segment_range}", *args.overrides]
-    metrics, seconds = train_on_budget(overrides, run_dir, args.segments, args.steps_per_stage)
-    training = {"overrides": overrides, "train_seconds": round(seconds, 1),
+    metrics, seconds, others_cores = train_on_budget(overrides, run_dir, args.segments, args.steps_per_stage)
+    training = {"overrides": overrides, "train_seconds": round(seconds, 1), "others_cores": others_cores,
                 "steps": args.steps_per_stage * len(args.segments),
                 "val_exact_match_by_segments": {n: metrics[metric_name("accuracy", n)] for n in args.segments}}
     training_record(run_dir).write_text(json.dumps(training, indent=2))

@@ -29,7 +29,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 from average_checkpoints import write_average  # noqa: E402
-from benchmarking import composed, machine  # noqa: E402
+from benchmarking import composed, machine, watched  # noqa: E402
 
 from memlm.plots import plot_series_by_length  # noqa: E402
 from memlm.training import train  # noqa: E402
@@ -103,13 +103,17 @@ def main() -> None:
         for seed in args.seeds:
             run_dir = out / args.data / model / f"seed{seed}"
             keep_every = ["callbacks.model_checkpoint.save_top_k=-1"] if args.average_last else []
-            trained = train_seed(model, args.data, seed, run_dir, [*args.overrides, *keep_every])
-            run = {"model": model, "seed": seed, **trained, "averaged_last": args.average_last, "lengths": {}}
+            loads = {}
+            with watched(f"{model} seed {seed}'s training", loads):
+                trained = train_seed(model, args.data, seed, run_dir, [*args.overrides, *keep_every])
+            run = {"model": model, "seed": seed, **trained, "averaged_last": args.average_last, "lengths": {},
+                   "others_cores": loads}
             checkpoint = run_dir / "checkpoints" / "last.ckpt"
             if args.average_last:
                 checkpoint = write_average(run_dir, args.average_last)
             for n in args.lengths:
-                result = evaluate_length(checkpoint, n, args.samples, args.precision, run_dir / f"eval{n}")
+                with watched(f"{model} seed {seed}'s evaluation at {n} segments", loads):
+                    result = evaluate_length(checkpoint, n, args.samples, args.precision, run_dir / f"eval{n}")
                 run["lengths"][n] = result
                 print(f"{model} seed {seed}: {n} segments, accuracy {result['accuracy']:.3f}, "
                       f"{result['tokens_per_s']:.0f} tokens/s, {result['peak_rss_mib']:.0f} MiB", flush=True)

@@ -38,8 +38,8 @@ HEADS = {
 
 def bench_head(head: str, args: argparse.Namespace) -> dict:
     run_dir = args.out / head
-    _, train_seconds = train_on_budget([*HEADS[head], f"data={args.data}"], run_dir, args.segments,
-                                       args.steps_per_stage)
+    _, train_seconds, others_cores = train_on_budget([*HEADS[head], f"data={args.data}"], run_dir, args.segments,
+                                                     args.steps_per_stage)
     started = time.perf_counter()
     report = evaluate(composed(EVAL_CONFIG, [
         f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}",
@@ -52,6 +52,7 @@ def bench_head(head: str, args: argparse.Namespace) -> dict:
         "head": head,
         "overrides": HEADS[head],
         "train_seconds": round(train_seconds, 1),
+        "others_cores_in_training": others_cores,
         "eval_seconds": round(time.perf_counter() - started, 1),
         "steps": args.steps_per_stage * len(args.segments),
         "test_ppl_by_segments": report.by_length,

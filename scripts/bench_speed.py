@@ -56,7 +56,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
-from benchmarking import composed, machine  # noqa: E402
+from benchmarking import composed, machine, watched  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from memlm.module import FUSED_ADAMW_DEVICES  # noqa: E402
@@ -398,7 +398,15 @@ def main() -> None:
     nominal = next((value for key, value in NOMINAL_BF16_TFLOPS.items() if key in name), None) if bf16 else None
     print(f"{name}: {args.precision} matmul {peak:.1f} TFLOP/s" + (f" (nominal {nominal:.0f})" if nominal else ""))
 
-    training = training_rows(args, device, peak, nominal)
+    loads = {}
+    with watched("the training steps", loads):
+        training = training_rows(args, device, peak, nominal)
+
+    def measured(what: str, wanted: bool, rows) -> list[dict]:
+        if not wanted:
+            return []
+        with watched(what, loads):
+            return rows(args, device)
     print(f"\ntraining step, {args.size}, {args.data}, {args.batch_size} x {args.segments} segments, "
           f"median of {args.steps}")
     print(f"{'head':<17} {'step s':>7} {'spread':>6} {'tokens/s':>9} {'GFLOP':>8} {'TFLOP/s':>8} {'MFU mm':>7} "
@@ -411,20 +419,20 @@ def main() -> None:
               + " ".join(f"{value:>{width}.{digits}f}" if value is not None else f"{'-':>{width}}"
                          for value, width, digits in optional))
 
-    memory = memory_rows(args, device) if on_gpu and args.memory_segments else []
+    memory = measured("the memory steps", on_gpu and bool(args.memory_segments), memory_rows)
     if memory:
         print(f"\npeak memory of a training step, rmt, bptt_depth={args.bptt_depth}")
         for row in memory:
             print(f"{row['segments']:>5} segments: {row['peak_gib']:.2f} GiB, step {row['step_s']:.3f} s")
 
-    lucidrains = lucidrains_rows(args, device) if args.versus_lucidrains else []
+    lucidrains = measured("the race against lucidrains", args.versus_lucidrains, lucidrains_rows)
     if lucidrains:
         print(f"\nRMT against lucidrains' recurrent-memory-transformer, {args.batch_size} x {args.segments} segments")
         for row in lucidrains:
             print(f"{row['model']:<24} {row['step_s']:>8.3f} s (spread {row['spread']:.2f}) "
                   f"{row['tokens_per_s']:>9.0f} tokens/s  x{row['memlm_speedup']:.2f} memlm's step time")
 
-    evaluation = evaluation_rows(args, device) if args.evaluation else []
+    evaluation = measured("the evaluation", args.evaluation, evaluation_rows)
     if evaluation:
         print(f"\nevaluation per segment against the bare backbone, {args.batch_size} x {args.eval_segments} segments")
         for row in evaluation:
@@ -432,7 +440,7 @@ def main() -> None:
                   f"{row['bare_s_per_segment'] * 1e3:.2f} ms  x{row['ratio']:.2f}  "
                   f"(+{row['extra_positions']} positions: x{row['ratio_per_position']:.2f} per position)")
 
-    generation = generation_rows(args, device) if args.generation else []
+    generation = measured("the generation", args.generation, generation_rows)
     if generation:
         print(f"\ngreedy generation, SmolLM2-135M, batch 1, {args.prompt_tokens}-token prompt, {args.new_tokens} new "
               f"tokens, median of {args.steps}")
@@ -448,7 +456,7 @@ def main() -> None:
     result = {"machine": {**machine(), "device": name}, "config": config, "matmul_tflops": peak,
               "nominal_tflops": nominal, "training": training, "memory": memory,
               "lucidrains": lucidrains, "evaluation": evaluation, "generation": generation,
-              "size_overrides": SIZES[args.size]}
+              "size_overrides": SIZES[args.size], "others_cores": loads}
     path = args.out / "bench_speed.json"
     path.write_text(json.dumps(result, indent=2))
     print(f"\nwritten: {path}")

@@ -300,3 +300,24 @@ def test_keeping_freed_memory_stops_the_kernel_faulting_in_each_large_tensor_ane
 
     assert faults("release") > 10_000
     assert faults("keep") < 100
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="/proc")
+def test_others_load_counts_another_process_busy_beside_a_measurement_and_not_this_ones_own_work():
+    # The shell that starts the spinner exits at once, so the spinner is no descendant of this process.
+    spinner = int(subprocess.run(["sh", "-c", f"{sys.executable} -c 'while True: pass' >/dev/null 2>&1 & echo $!"],
+                                 capture_output=True, text=True, check=True).stdout)
+    try:
+        time.sleep(0.2)
+        with runs.OthersLoad() as beside:
+            time.sleep(0.5)
+    finally:
+        os.kill(spinner, signal.SIGKILL)
+    assert beside.cores > 0.6 and beside.noisy
+    with runs.OthersLoad() as alone:  # this process's work and its child's are the measurement's own
+        subprocess.run([sys.executable, "-c", "import time\nt = time.time()\nwhile time.time() - t < 0.4: pass"],
+                       check=True)
+        started = time.time()
+        while time.time() - started < 0.3:
+            pass
+    assert alone.cores < 0.5
