@@ -16,21 +16,17 @@ the checkpoint's run directory.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import re
 from collections import Counter
-from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
+from checkpoint_samples import batches, command_line, model_and_samples, written_report  # noqa: E402
 from torch.utils.data import default_collate  # noqa: E402
 
-from memlm.checkpointing import load_checkpoint  # noqa: E402
 from memlm.data.facts import SamplePlan, Tokens  # noqa: E402
-from memlm.training import build_datamodule  # noqa: E402
 
 # The sentences memlm.data.babi.relation_story writes.
 FACT = re.compile(r"The (\w+) is \w+ of the (\w+)\.")
@@ -64,22 +60,16 @@ def answered(model, plans: list[SamplePlan]) -> list[bool]:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("checkpoint", type=Path)
-    parser.add_argument("--segments", type=int, default=1)
-    parser.add_argument("--samples", type=int, default=256)
-    parser.add_argument("--split", default="test")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser = command_line(__doc__, segments=1, samples=256, batch_size=32)
     args = parser.parse_args(argv)
-    model, _ = load_checkpoint(str(args.checkpoint))
-    model.eval()
-    if model.hparams.data.get("task") != "reasoning":
-        parser.error(f"{args.checkpoint}: trained on data.task={model.hparams.data.get('task')}, not reasoning")
-    datamodule = build_datamodule(model.hparams.data, model.tokenizer, model.head.backbone.is_decoder)
-    plans = list(datamodule.samples(args.split, args.segments, args.samples, streamed=True))
+
+    def refusal(model) -> str | None:
+        task = model.hparams.data.get("task")
+        return None if task == "reasoning" else f"trained on data.task={task}, not reasoning"
+
+    model, plans = model_and_samples(parser, args, refusal)
     right, total = Counter(), Counter()
-    for first in range(0, len(plans), args.batch_size):
-        batch = plans[first : first + args.batch_size]
+    for batch in batches(plans, args.batch_size):
         for plan, correct in zip(batch, answered(model, batch), strict=True):
             kind = question_kind(*story_of(plan, model.tokenizer.decode))
             total[kind] += 1
@@ -92,13 +82,7 @@ def main(argv: list[str] | None = None) -> dict:
     print("|---|---|---|")
     for row in rows:
         print(f"| {row['question']} | {row['samples']} | {row['accuracy']:.3f} |")
-    report = {"checkpoint": str(args.checkpoint), "segments": args.segments, "samples": args.samples,
-              "split": args.split, "accuracy": accuracy, "rows": rows}
-    out = args.checkpoint.resolve().parent.parent / f"reasoning_questions_{args.segments}seg.json"
-    out.write_text(json.dumps(report, indent=2))
-    print(f"written: {out}")
-    return report
-
+    return written_report("reasoning_questions", args, {"accuracy": accuracy, "rows": rows})
 
 if __name__ == "__main__":
     main()

@@ -21,24 +21,20 @@ lose the fact: a background write before it, one after it, or a fact written int
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import re
 from collections import Counter
 from collections.abc import Callable
-from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
+from checkpoint_samples import batches, command_line, model_and_samples, written_report  # noqa: E402
 from torch.utils.data import default_collate  # noqa: E402
 
-from memlm.checkpointing import load_checkpoint  # noqa: E402
 from memlm.data.base import IGNORE  # noqa: E402
 from memlm.data.facts import SamplePlan, Tokens  # noqa: E402
 from memlm.memory import RMT  # noqa: E402
-from memlm.training import build_datamodule  # noqa: E402
 
 
 def fact_segments(plan: SamplePlan) -> list[int]:
@@ -131,28 +127,20 @@ def named_by(word: str, plan: SamplePlan, decode) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("checkpoint", type=Path)
-    parser.add_argument("--segments", type=int, default=512)
-    parser.add_argument("--samples", type=int, default=32)
-    parser.add_argument("--split", default="test")
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser = command_line(__doc__, segments=512, samples=32, batch_size=16)
     parser.add_argument("--interventions", action="store_true",
                         help="answer again with the switch forced shut or open on chosen segments (FORCINGS)")
     args = parser.parse_args(argv)
-    model, _ = load_checkpoint(str(args.checkpoint))
-    model.eval()
-    if not isinstance(model.head, RMT) or model.head.write != "switch":
-        parser.error(f"{args.checkpoint}: not an RMT with model.write=switch")
-    datamodule = build_datamodule(model.hparams.data, model.tokenizer, model.head.backbone.is_decoder)
-    if not hasattr(datamodule, "task"):
-        parser.error(f"{args.checkpoint}: trained on {model.hparams.data['_target_']}, not a fact task")
-    plans = list(datamodule.samples(args.split, args.segments, args.samples, streamed=True))
+
+    def refusal(model) -> str | None:
+        switched = isinstance(model.head, RMT) and model.head.write == "switch"
+        return None if switched else "not an RMT with model.write=switch"
+
+    model, plans = model_and_samples(parser, args, refusal)
     table, opened_per_sample, wrong_words = Counter(), [], Counter()
     forcings = FORCINGS if args.interventions else {}
     trained, forced = [], {name: [] for name in forcings}
-    for first in range(0, len(plans), args.batch_size):
-        batch = plans[first : first + args.batch_size]
+    for batch in batches(plans, args.batch_size):
         for name, forcing in forcings.items():
             forced[name] += answered_with_switch_forced(model, batch, forcing)
         for plan, (opened, right, said) in zip(batch, openings(model, batch), strict=True):
@@ -186,17 +174,13 @@ def main(argv: list[str] | None = None) -> dict:
         print("|---|---|---|---|")
         for row in interventions:
             print(f"| {row['switch']} | {row['accuracy']:.3f} | {row['turned_right']} | {row['turned_wrong']} |")
-    report = {"checkpoint": str(args.checkpoint), "segments": args.segments, "samples": args.samples,
-              "split": args.split, "accuracy": accuracy, "opened_per_sample": opened_per_sample,
-              "rows": [{"before": row[0], "on": row[1], "after": row[2], "right": table[(*row, True)],
-                        "wrong": table[(*row, False)]} for row in rows],
-              "wrong_answers": [{"said": word, "named_by": where, "samples": count}
-                                for (word, where), count in wrong_words.most_common()],
-              "interventions": interventions}
-    out = args.checkpoint.resolve().parent.parent / f"switch_openings_{args.segments}seg.json"
-    out.write_text(json.dumps(report, indent=2))
-    print(f"written: {out}")
-    return report
+    return written_report("switch_openings", args, {
+        "accuracy": accuracy, "opened_per_sample": opened_per_sample,
+        "rows": [{"before": row[0], "on": row[1], "after": row[2], "right": table[(*row, True)],
+                  "wrong": table[(*row, False)]} for row in rows],
+        "wrong_answers": [{"said": word, "named_by": where, "samples": count}
+                          for (word, where), count in wrong_words.most_common()],
+        "interventions": interventions})
 
 
 if __name__ == "__main__":
