@@ -19,7 +19,7 @@ from transformers.activations import ACT2FN
 
 from memlm.checkpointing import AtomicCheckpointIO
 from memlm.config import check_config
-from memlm.evaluation import EVAL_CONFIG
+from memlm.evaluation import EVAL_CONFIG, evaluate
 from memlm.metrics import metric_name
 from memlm.objectives import OBJECTIVES
 from memlm.training import build, build_datamodule
@@ -189,6 +189,11 @@ def test_eval_takes_any_data_key_and_refuses_a_misspelt_top_level_key():
     assert cfg.data == {"background": "/x", "task": "detect"}
     with pytest.raises(ConfigCompositionException, match="lenghts"):
         compose_eval(["ckpt_path=x", "lenghts=[1,2]"])
+
+
+def test_eval_refuses_a_keep_freed_memory_that_is_not_a_boolean():
+    with pytest.raises(TypeError, match="keep_freed_memory='sometimes' must be true or false"):
+        evaluate(compose_eval(["ckpt_path=x", "keep_freed_memory=sometimes"]))
 
 
 def test_a_data_key_the_datamodule_lacks_is_refused_by_name(tmp_path):

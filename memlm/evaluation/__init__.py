@@ -88,6 +88,8 @@ def composed_model(cfg: DictConfig) -> MemoryLM:
 def evaluate(cfg: DictConfig):
     """Measure the checkpoint `cfg.ckpt_path`, or without one the model the config groups build, under
     `cfg.protocol`; write its tables and plots into `cfg.out_dir` and return the protocol's report."""
+    if not isinstance(cfg.keep_freed_memory, bool):
+        raise TypeError(f"keep_freed_memory={cfg.keep_freed_memory!r} must be true or false")
     if cfg.keep_freed_memory:
         keep_freed_memory()
     if cfg.ckpt_path is None:
