@@ -74,8 +74,7 @@ def check_config(cfg: DictConfig) -> None:
         raise TypeError(f"seed={plain.get('seed')!r} must be an integer")
     if not conforms(plain.get("threads"), int | None):
         raise TypeError(f"threads={plain.get('threads')!r} must be an integer or null")
-    if not isinstance(plain.get("keep_freed_memory"), bool):
-        raise TypeError(f"keep_freed_memory={plain.get('keep_freed_memory')!r} must be true or false")
+    check_boolean("keep_freed_memory", plain.get("keep_freed_memory"))
     for group, consumer in GROUPS.items():
         node = plain[group]
         check_types(node, consumer or get_method(node["_target_"]), group)
@@ -85,6 +84,12 @@ def check_config(cfg: DictConfig) -> None:
     if max_steps == 0 or max_steps < -1:
         raise ValueError(f"trainer.max_steps={max_steps} trains nothing: give a positive number of steps (or -1 "
                          "with trainer.max_epochs)")
+
+
+def check_boolean(key: str, value) -> None:
+    """Raise, naming `key`, unless `value` is true or false: a string such as 'sometimes' would read as true."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{key}={value!r} must be true or false")
 
 
 def check_types(node: dict, consumer: Callable, prefix: str) -> None:

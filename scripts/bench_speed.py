@@ -50,6 +50,7 @@ import multiprocessing
 import os
 import statistics
 import time
+from contextlib import ExitStack
 from functools import partial
 from pathlib import Path
 
@@ -184,19 +185,22 @@ class LucidrainsProcess:
     """`Lucidrains` stepped in a spawned process, so that it runs with the C library's allocator as its users run
     it, not with this process's `keep_freed_memory`; its steps still alternate with the others'."""
 
-    def __init__(self, name: str, *arguments):
+    def __init__(self, name: str, shape: dict, ids: torch.Tensor, device: torch.device, precision: str):
         context = multiprocessing.get_context("spawn")
         self.connection, child = context.Pipe()
-        self.process = context.Process(target=lucidrains_worker, args=(child, torch.get_num_threads(), name,
-                                                                       *arguments), daemon=True)
+        self.process = context.Process(target=lucidrains_worker, args=(child, torch.get_num_threads(), name, shape,
+                                                                       ids, device, precision), daemon=True)
         self.process.start()
-        self.name, self.tokens, self.times = name, arguments[1].numel(), []
+        self.name, self.tokens, self.times = name, ids.numel(), []
 
     def step(self) -> float:
         self.connection.send(True)
         return self.connection.recv()
 
-    def close(self) -> None:
+    def __enter__(self) -> LucidrainsProcess:
+        return self
+
+    def __exit__(self, *exc) -> None:
         self.connection.send(False)
         self.process.join()
 
@@ -251,11 +255,10 @@ def lucidrains_rows(args, device: torch.device) -> list[dict]:
     memlm = Contestant("memlm rmt", ["data=pg19"], args.batch_size, args.segments, device, args.precision)
     arguments = (lucidrains_shape(memlm), memlm.batch["input_ids"].flatten(1).cpu(), device, args.precision)
     contestants = [memlm, Lucidrains("lucidrains, this process", *arguments)]
-    if args.keep_freed_memory:
-        contestants.append(LucidrainsProcess("lucidrains, own process", *arguments))
-    interleaved(contestants, args.steps)
-    if args.keep_freed_memory:
-        contestants[-1].close()
+    with ExitStack() as processes:
+        if args.keep_freed_memory:
+            contestants.append(processes.enter_context(LucidrainsProcess("lucidrains, own process", *arguments)))
+        interleaved(contestants, args.steps)
     ours = statistics.median(memlm.times)
     return [{"model": c.name, "step_s": statistics.median(c.times), "spread": max(c.times) / min(c.times),
              "tokens_per_s": c.tokens / statistics.median(c.times),

@@ -31,8 +31,8 @@ def train_on_budget(overrides: list[str], run_dir: Path, segments: list[int], st
     processes kept busy meanwhile (`watched`)."""
     # A run directory with a checkpoint would resume instead of training afresh.
     shutil.rmtree(run_dir, ignore_errors=True)
-    started, loads = time.perf_counter(), {}
-    with watched(f"the training in {run_dir}", loads):
+    what, loads, started = f"the training in {run_dir}", {}, time.perf_counter()
+    with watched(what, loads):
         metrics = train(composed("train", [
             *overrides,
             f"curriculum.segments=[{','.join(map(str, segments))}]",
@@ -44,7 +44,7 @@ def train_on_budget(overrides: list[str], run_dir: Path, segments: list[int], st
             f"run_dir={run_dir}",
             "callbacks.progress_bar=null",
         ]))
-    return metrics, time.perf_counter() - started, next(iter(loads.values()))
+    return metrics, time.perf_counter() - started, loads[what]
 
 
 def machine() -> dict:

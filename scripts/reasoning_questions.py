@@ -84,5 +84,6 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"| {row['question']} | {row['samples']} | {row['accuracy']:.3f} |")
     return written_report("reasoning_questions", args, {"accuracy": accuracy, "rows": rows})
 
+
 if __name__ == "__main__":
     main()

@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from memlm.backbones import backbone_tokenizer
 from memlm.checkpointing import load_checkpoint
+from memlm.config import check_boolean
 from memlm.evaluation.babilong import evaluate_babilong, tasks_to_score
 from memlm.evaluation.lengths import evaluate_lengths
 from memlm.module import MemoryLM
@@ -88,8 +89,7 @@ def composed_model(cfg: DictConfig) -> MemoryLM:
 def evaluate(cfg: DictConfig):
     """Measure the checkpoint `cfg.ckpt_path`, or without one the model the config groups build, under
     `cfg.protocol`; write its tables and plots into `cfg.out_dir` and return the protocol's report."""
-    if not isinstance(cfg.keep_freed_memory, bool):
-        raise TypeError(f"keep_freed_memory={cfg.keep_freed_memory!r} must be true or false")
+    check_boolean("keep_freed_memory", cfg.keep_freed_memory)
     if cfg.keep_freed_memory:
         keep_freed_memory()
     if cfg.ckpt_path is None:
