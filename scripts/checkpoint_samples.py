@@ -1,5 +1,6 @@
 """What the scripts that study a trained checkpoint on its own fact task's samples share (`switch_openings.py`,
-`reasoning_questions.py`): their command line, the model and its samples, and the report written beside the run."""
+`reasoning_questions.py`, `armt_writes.py`): their command line, the model and its samples, where a sample's facts
+are, and the report written beside the run."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from memlm.checkpointing import load_checkpoint
-from memlm.data.facts import SamplePlan
+from memlm.data.facts import SamplePlan, Tokens
 from memlm.module import MemoryLM
 from memlm.training import build_datamodule
 
@@ -38,6 +39,13 @@ def model_and_samples(parser: argparse.ArgumentParser, args: argparse.Namespace,
     if not hasattr(datamodule, "task"):
         parser.error(f"{args.checkpoint}: trained on {model.hparams.data['_target_']}, not a fact task")
     return model, list(datamodule.samples(args.split, args.segments, args.samples, streamed=True))
+
+
+def fact_segments(plan: SamplePlan) -> list[int]:
+    """The segments holding a token of a fact: every literal piece but the last (the question and answer)."""
+    starts, length = plan.piece_starts, plan.segment_length
+    facts = [i for i, piece in enumerate(plan.pieces) if isinstance(piece.source, Tokens)][:-1]
+    return sorted({k for i in facts for k in range(starts[i] // length, (starts[i + 1] - 1) // length + 1)})
 
 
 def batches(plans: list[SamplePlan], size: int) -> Iterator[list[SamplePlan]]:

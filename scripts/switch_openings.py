@@ -29,19 +29,18 @@ from collections.abc import Callable
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
-from checkpoint_samples import batches, command_line, model_and_samples, written_report  # noqa: E402
+from checkpoint_samples import (  # noqa: E402
+    batches,
+    command_line,
+    fact_segments,
+    model_and_samples,
+    written_report,
+)
 from torch.utils.data import default_collate  # noqa: E402
 
 from memlm.data.base import IGNORE  # noqa: E402
 from memlm.data.facts import SamplePlan, Tokens  # noqa: E402
 from memlm.memory import RMT  # noqa: E402
-
-
-def fact_segments(plan: SamplePlan) -> list[int]:
-    """The segments holding a token of a fact: every literal piece but the last (the question and answer)."""
-    starts, length = plan.piece_starts, plan.segment_length
-    facts = [i for i, piece in enumerate(plan.pieces) if isinstance(piece.source, Tokens)][:-1]
-    return sorted({k for i in facts for k in range(starts[i] // length, (starts[i + 1] - 1) // length + 1)})
 
 
 def where_opened(opened: list[int], facts: list[int]) -> tuple[bool, bool, bool]:
