@@ -9,8 +9,10 @@ with each memory layer's write on a segment after the last fact's replaced, for 
 was: the matrices A kept (the normalisers z written as usual), z kept (A written as usual), or both. If keeping A
 turns wrong answers right, what loses the fact is the later segments' writes into A, not the fact's own write and
 not the reads. β is σ(W_β m) of each memory token's write, summarised per memory layer over the fact's segments
-and over the background (every other segment but the question's). Prints both tables and writes
-armt_writes_<segments>seg.json beside the checkpoint's run directory; the README's ARMT paragraph was measured so.
+and over the background (every other segment but the question's). Each wrong answer is listed with the argmax at
+each of its positions (" office office" for " office<|endoftext|>": the place said again where the answer ends).
+Prints the three tables and writes armt_writes_<segments>seg.json beside the checkpoint's run directory; the
+README's ARMT paragraph was measured so.
 """
 
 from __future__ import annotations
