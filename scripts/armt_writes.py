@@ -25,6 +25,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 from checkpoint_samples import (  # noqa: E402
+    answers_said,
     batches,
     command_line,
     fact_segments,
@@ -75,30 +76,21 @@ def answered(model, plans: list[SamplePlan],
     """With `kept` undone after each sample's fact: whether each sample is answered right, each memory layer's β
     as (sample, segment, memory token), and each sample's answer tokens with the argmax at their positions."""
     batch = default_collate([plan.whole() for plan in plans])
-    scored = batch["labels"] != IGNORE  # sample, segment, position
-    answer_segments = set(scored.any(dim=2).nonzero()[:, 1].tolist())
     last_fact = torch.tensor([fact_segments(plan)[-1] for plan in plans])
     betas = [[] for _ in model.head.memories]
-    token_states = []
-
-    def keep_answer_states(module, inputs, output):
-        # Only the segments that hold answer tokens: keeping every segment's would grow with the length.
-        token_states.append(output.token_states if len(token_states) in answer_segments else None)
-
     hooks = [memory.strength.register_forward_hook(
         lambda module, inputs, logits, slot=slot: betas[slot].append(torch.sigmoid(logits.float()).squeeze(-1)))
         for slot, memory in enumerate(model.head.memories)]
-    hooks.append(model.head.register_forward_hook(keep_answer_states))
     try:
-        with writes_undone_after(model.head, last_fact, kept):
+        with answers_said(model, batch) as said, writes_undone_after(model.head, last_fact, kept):
             _, tally = model.unroll(batch)
     finally:
         for hook in hooks:
             hook.remove()
-    said = [(batch["labels"][sample][scored[sample]].tolist(),
-             [int(model.head.backbone.logits(token_states[segment][sample, position]).argmax())
-              for segment, position in scored[sample].nonzero().tolist()]) for sample in range(len(plans))]
-    return [bool(right) for right in tally.correct], [torch.stack(layer, dim=1) for layer in betas], said
+    scored = batch["labels"] != IGNORE
+    answers = [batch["labels"][sample][scored[sample]].tolist() for sample in range(len(plans))]
+    return ([bool(right) for right in tally.correct], [torch.stack(layer, dim=1) for layer in betas],
+            list(zip(answers, said, strict=True)))
 
 
 def betas_by_place(betas: list[torch.Tensor], plans: list[SamplePlan]) -> list[tuple[torch.Tensor, torch.Tensor]]:

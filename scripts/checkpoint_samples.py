@@ -1,15 +1,19 @@
 """What the scripts that study a trained checkpoint on its own fact task's samples share (`switch_openings.py`,
 `reasoning_questions.py`, `armt_writes.py`): their command line, the model and its samples, where a sample's facts
-are, and the report written beside the run."""
+are, what the model said for each answer, and the report written beside the run."""
 
 from __future__ import annotations
 
 import argparse
 import json
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import torch
+
 from memlm.checkpointing import load_checkpoint
+from memlm.data.base import IGNORE
 from memlm.data.facts import SamplePlan, Tokens
 from memlm.module import MemoryLM
 from memlm.training import build_datamodule
@@ -46,6 +50,31 @@ def fact_segments(plan: SamplePlan) -> list[int]:
     starts, length = plan.piece_starts, plan.segment_length
     facts = [i for i, piece in enumerate(plan.pieces) if isinstance(piece.source, Tokens)][:-1]
     return sorted({k for i in facts for k in range(starts[i] // length, (starts[i + 1] - 1) // length + 1)})
+
+
+@contextmanager
+def answers_said(model: MemoryLM, batch: dict) -> Iterator[list[list[int]]]:
+    """Within it, the model's unroll of `batch` is watched; once it is left, the list it gave holds, for each sample,
+    the model's argmax at each of its answer positions, in order (as eval.py scores them)."""
+    scored = batch["labels"] != IGNORE  # sample, segment, position
+    answer_segments = set(scored.any(dim=2).nonzero()[:, 1].tolist())
+    token_states = []
+
+    def keep_answer_states(module, inputs, output):
+        # Only the segments that hold answer tokens: keeping every segment's would grow with the length.
+        token_states.append(output.token_states if len(token_states) in answer_segments else None)
+
+    said = [[] for _ in range(scored.shape[0])]
+    hook = model.head.register_forward_hook(keep_answer_states)
+    try:
+        yield said
+    finally:
+        hook.remove()
+    positions = scored.nonzero().tolist()  # (sample, segment, position), each sample's in order
+    states = torch.stack([token_states[segment][sample, position] for sample, segment, position in positions])
+    for (sample, _, _), token in zip(positions, model.head.backbone.logits(states).argmax(dim=-1).tolist(),
+                                     strict=True):
+        said[sample].append(token)
 
 
 def batches(plans: list[SamplePlan], size: int) -> Iterator[list[SamplePlan]]:

@@ -30,6 +30,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 from checkpoint_samples import (  # noqa: E402
+    answers_said,
     batches,
     command_line,
     fact_segments,
@@ -38,7 +39,6 @@ from checkpoint_samples import (  # noqa: E402
 )
 from torch.utils.data import default_collate  # noqa: E402
 
-from memlm.data.base import IGNORE  # noqa: E402
 from memlm.data.facts import SamplePlan, Tokens  # noqa: E402
 from memlm.memory import RMT  # noqa: E402
 
@@ -53,28 +53,15 @@ def openings(model, plans: list[SamplePlan]) -> list[tuple[list[int], bool, int]
     """For each sample, the segments on which the switch opened, whether the model's objective scored its answer
     right (as eval.py does), and the token the model predicted for the answer's first."""
     batch = default_collate([plan.whole() for plan in plans])
-    labels = batch["labels"]  # sample, segment, position
-    first_answer = (labels.flatten(1) != IGNORE).int().argmax(dim=1)
-    answer_segment, answer_position = first_answer // labels.shape[-1], first_answer % labels.shape[-1]
-    wanted = set(answer_segment.tolist())
-    gates, token_states = [], []
-
-    def keep_answer_states(module, inputs, output):
-        # Only the segments that hold a first answer token: keeping every segment's would grow with the length.
-        token_states.append(output.token_states if len(token_states) in wanted else None)
-
-    hooks = [model.head.write_gate.register_forward_hook(lambda module, inputs, output: gates.append(output > 0)),
-             model.head.register_forward_hook(keep_answer_states)]
+    gates = []
+    hook = model.head.write_gate.register_forward_hook(lambda module, inputs, output: gates.append(output > 0))
     try:
-        _, tally = model.unroll(batch)
+        with answers_said(model, batch) as said:
+            _, tally = model.unroll(batch)
     finally:
-        for hook in hooks:
-            hook.remove()
+        hook.remove()
     opened = torch.stack([gate.flatten(1).any(dim=1) for gate in gates], dim=1)  # logit > 0: gate > 1/2
-    states = torch.stack([token_states[segment][i, position] for i, (segment, position)
-                          in enumerate(zip(answer_segment.tolist(), answer_position.tolist(), strict=True))])
-    said = model.head.backbone.logits(states).argmax(dim=-1)
-    return [(opened[i].nonzero().flatten().tolist(), bool(tally.correct[i]), int(said[i])) for i in range(len(plans))]
+    return [(opened[i].nonzero().flatten().tolist(), bool(tally.correct[i]), said[i][0]) for i in range(len(plans))]
 
 
 FORCINGS: dict[str, Callable[[int, list[int]], str | None]] = {
