@@ -52,6 +52,13 @@ def fact_segments(plan: SamplePlan) -> list[int]:
     return sorted({k for i in facts for k in range(starts[i] // length, (starts[i + 1] - 1) // length + 1)})
 
 
+def story_of(plan: SamplePlan, decode: Callable[[list[int]], str]) -> tuple[list[str], str]:
+    """A sample's facts and question, read back from its literal pieces (the last holds the question and answer)."""
+    literals = [decode(piece.read()).strip() for piece in plan.pieces if isinstance(piece.source, Tokens)]
+    question = literals[-1][: literals[-1].index("?") + 1]
+    return literals[:-1], question
+
+
 @contextmanager
 def answers_said(model: MemoryLM, batch: dict) -> Iterator[list[list[int]]]:
     """Within it, the model's unroll of `batch` is watched; once it is left, the list it gave holds, for each sample,

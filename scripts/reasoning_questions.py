@@ -23,10 +23,10 @@ from collections import Counter
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
-from checkpoint_samples import batches, command_line, model_and_samples, written_report  # noqa: E402
+from checkpoint_samples import batches, command_line, model_and_samples, story_of, written_report  # noqa: E402
 from torch.utils.data import default_collate  # noqa: E402
 
-from memlm.data.facts import SamplePlan, Tokens  # noqa: E402
+from memlm.data.facts import SamplePlan  # noqa: E402
 
 # The sentences memlm.data.babi.relation_story writes.
 FACT = re.compile(r"The (\w+) is \w+ of the (\w+)\.")
@@ -43,13 +43,6 @@ def question_kind(facts: list[str], question: str) -> str:
         raise ValueError(f"not a reasoning story: facts {facts}, question {question!r}")
     places = Counter(place for relation in relations for place in relation.groups())
     return KINDS[0] if places[match[1] or match[2]] == 2 else KINDS[1]
-
-
-def story_of(plan: SamplePlan, decode) -> tuple[list[str], str]:
-    """A sample's facts and question, read back from its literal pieces (the last holds the question and answer)."""
-    literals = [decode(piece.read()).strip() for piece in plan.pieces if isinstance(piece.source, Tokens)]
-    question = literals[-1][: literals[-1].index("?") + 1]
-    return literals[:-1], question
 
 
 @torch.no_grad()
