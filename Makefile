@@ -1,5 +1,6 @@
 # `make train`: set up (venv, packages, offline assets) and train the embedded default.
 # `make test`: set up and run the whole test suite (what CI runs); `make test-fast` skips the slow tests.
+# `make lint`: ruff over the whole tree (CI runs it first).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -8,7 +9,7 @@ TORCH ?= torch==2.13.0
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 
-.PHONY: setup assets assets-all train test test-fast bench clean
+.PHONY: setup assets assets-all train lint test test-fast bench clean
 
 setup: $(VENV)/.installed assets
 
@@ -29,6 +30,9 @@ assets-all: $(VENV)/.installed
 
 train: setup
 	$(PY) train.py
+
+lint: $(VENV)/.installed
+	$(PY) -m ruff check .
 
 test: setup assets-all
 	$(PY) -m pytest -m "slow or not slow" --durations=15
