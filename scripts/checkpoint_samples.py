@@ -1,6 +1,7 @@
 """What the scripts that study a trained checkpoint on its own fact task's samples share (`switch_openings.py`,
-`reasoning_questions.py`, `armt_writes.py`): their command line, the model and its samples, where a sample's facts
-are, what the model said for each answer, and the report written beside the run."""
+`reasoning_questions.py`, `armt_writes.py`, `qa1_answers.py`): their command line, the model and its samples, where
+a sample's facts are, its story read back, what the model said for each answer, and the report written beside the
+run."""
 
 from __future__ import annotations
 
@@ -43,6 +44,16 @@ def model_and_samples(parser: argparse.ArgumentParser, args: argparse.Namespace,
     if not hasattr(datamodule, "task"):
         parser.error(f"{args.checkpoint}: trained on {model.hparams.data['_target_']}, not a fact task")
     return model, list(datamodule.samples(args.split, args.segments, args.samples, streamed=True))
+
+
+def unless_trained_on(task: str) -> Callable[[MemoryLM], str | None]:
+    """The refusal (`model_and_samples`) of a checkpoint trained on any data.task but `task`."""
+
+    def refusal(model: MemoryLM) -> str | None:
+        trained_on = model.hparams.data.get("task")
+        return None if trained_on == task else f"trained on data.task={trained_on}, not {task}"
+
+    return refusal
 
 
 def fact_segments(plan: SamplePlan) -> list[int]:

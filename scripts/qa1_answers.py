@@ -28,6 +28,7 @@ from checkpoint_samples import (  # noqa: E402
     command_line,
     model_and_samples,
     story_of,
+    unless_trained_on,
     written_report,
 )
 from torch.utils.data import default_collate  # noqa: E402
@@ -71,12 +72,7 @@ def two_people_two_moves(moves: list[tuple[str, str]]) -> bool:
 def main(argv: list[str] | None = None) -> dict:
     parser = command_line(__doc__, segments=1, samples=512, batch_size=32)
     args = parser.parse_args(argv)
-
-    def refusal(model) -> str | None:
-        task = model.hparams.data.get("task")
-        return None if task == "qa1" else f"trained on data.task={task}, not qa1"
-
-    model, plans = model_and_samples(parser, args, refusal)
+    model, plans = model_and_samples(parser, args, unless_trained_on("qa1"))
     kinds, right_after, after, right_two, two = Counter(), Counter(), Counter(), 0, 0
     for group in batches(plans, args.batch_size):
         batch = default_collate([plan.whole() for plan in group])
@@ -86,9 +82,10 @@ def main(argv: list[str] | None = None) -> dict:
             facts, question = story_of(plan, model.tokenizer.decode)
             moves, asked = moves_of(facts), QUESTION.fullmatch(question)[1]
             kind = answer_kind(moves, asked, model.tokenizer.decode(tokens[:1]).strip())
+            bucket = moves_after(moves, asked)
             kinds[kind] += 1
-            after[moves_after(moves, asked)] += 1
-            right_after[moves_after(moves, asked)] += kind == KINDS[0]
+            after[bucket] += 1
+            right_after[bucket] += kind == KINDS[0]
             if two_people_two_moves(moves):
                 two += 1
                 right_two += kind == KINDS[0]

@@ -23,7 +23,14 @@ from collections import Counter
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
-from checkpoint_samples import batches, command_line, model_and_samples, story_of, written_report  # noqa: E402
+from checkpoint_samples import (  # noqa: E402
+    batches,
+    command_line,
+    model_and_samples,
+    story_of,
+    unless_trained_on,
+    written_report,
+)
 from torch.utils.data import default_collate  # noqa: E402
 
 from memlm.data.facts import SamplePlan  # noqa: E402
@@ -55,12 +62,7 @@ def answered(model, plans: list[SamplePlan]) -> list[bool]:
 def main(argv: list[str] | None = None) -> dict:
     parser = command_line(__doc__, segments=1, samples=256, batch_size=32)
     args = parser.parse_args(argv)
-
-    def refusal(model) -> str | None:
-        task = model.hparams.data.get("task")
-        return None if task == "reasoning" else f"trained on data.task={task}, not reasoning"
-
-    model, plans = model_and_samples(parser, args, refusal)
+    model, plans = model_and_samples(parser, args, unless_trained_on("reasoning"))
     right, total = Counter(), Counter()
     for batch in batches(plans, args.batch_size):
         for plan, correct in zip(batch, answered(model, batch), strict=True):
