@@ -15,12 +15,16 @@ SEGMENT = 12
 
 
 def tiny(kind: str):
+    """Without dropout, as conf/backbone's tiny models: two forward passes compared in one test must agree whether
+    or not an earlier test left the shared backbone in training mode."""
     torch.manual_seed(0)
     if kind == "causal":
-        size = {"model_type": "gpt2", "n_layer": 1, "n_embd": 32, "n_head": 2, "n_positions": 64}
+        size = {"model_type": "gpt2", "n_layer": 1, "n_embd": 32, "n_head": 2, "n_positions": 64,
+                "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}
         return load_backbone(kind="causal", tokenizer="gpt2-tokenizer", tiny=size)
     size = {"model_type": "bert", "num_hidden_layers": 1, "hidden_size": 32, "num_attention_heads": 2,
-            "intermediate_size": 64, "max_position_embeddings": 64}
+            "intermediate_size": 64, "max_position_embeddings": 64, "hidden_dropout_prob": 0.0,
+            "attention_probs_dropout_prob": 0.0}
     return load_backbone(kind="encoder", tokenizer="all-minilm-l6-v2", tiny=size)
 
 
