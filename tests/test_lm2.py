@@ -13,7 +13,9 @@ D = 32
 @pytest.fixture(scope="module")
 def backbone():
     torch.manual_seed(0)
-    size = {"model_type": "gpt2", "n_layer": 2, "n_embd": D, "n_head": 2, "n_positions": 128}
+    # No dropout: a test that trains leaves this shared backbone in training mode for the tests after it.
+    size = {"model_type": "gpt2", "n_layer": 2, "n_embd": D, "n_head": 2, "n_positions": 128,
+            "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}
     return load_backbone(kind="causal", tokenizer="gpt2-tokenizer", tiny=size)
 
 
