@@ -89,6 +89,7 @@ def _finish(fig, ax, path: Path, title: str, xlabel: str, ylabel: str) -> Path:
 
 def _save(fig, path: Path) -> Path:
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    # "tight": the figure grows to hold every label, a title wider than its axes included (a 4-column heatmap's).
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return Path(path)
