@@ -9,7 +9,7 @@ sensory memory is shorter than one (k < L).
 import torch
 from hydra.utils import instantiate
 
-from memlm.backbones import Backbone
+from memlm.backbones import Backbone, load_backbone
 from memlm.memory import MemoryHead
 from tests.conftest import compose_train
 
@@ -25,6 +25,16 @@ HEADS = {
     "extended_mind": ["model=extended_mind", "model.memory_size=8", "model.topk=2"],
 }
 """Head name (the stem of its `conf/model/*.yaml`) -> the Hydra overrides that select it at test size."""
+
+
+def tiny_gpt2(n_positions: int = 64) -> Backbone:
+    """A 2-layer d=32 GPT-2-shaped backbone from seed 0, without dropout as conf/backbone's tiny models are: a test
+    that trains leaves a module-scoped backbone in training mode, and another test's two forward passes must still
+    agree, whichever ran first."""
+    torch.manual_seed(0)
+    size = {"model_type": "gpt2", "n_layer": 2, "n_embd": 32, "n_head": 2, "n_positions": n_positions,
+            "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}
+    return load_backbone(kind="causal", tokenizer="gpt2-tokenizer", tiny=size)
 
 
 def build_head(name: str, backbone: Backbone, *overrides: str) -> MemoryHead:

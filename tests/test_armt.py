@@ -5,14 +5,13 @@ import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 
-from memlm.backbones import load_backbone
 from memlm.memory import ARMT
 from memlm.memory.armt import LayerMemory, associate, dpfp, recall
 from memlm.module import MemoryLM
 from memlm.recurrence import Recurrence
 from memlm.training import train
 from tests.conftest import compose_train
-from tests.heads import HEADS, unroll
+from tests.heads import HEADS, tiny_gpt2, unroll
 from tests.test_recurrence import make_batch, run, tiny_rmt
 
 D = 32
@@ -20,9 +19,7 @@ D = 32
 
 @pytest.fixture(scope="module")
 def backbone():
-    torch.manual_seed(0)
-    size = {"model_type": "gpt2", "n_layer": 2, "n_embd": D, "n_head": 2, "n_positions": 64}
-    return load_backbone(kind="causal", tokenizer="gpt2-tokenizer", tiny=size)
+    return tiny_gpt2()
 
 
 def with_values(head: ARMT) -> ARMT:

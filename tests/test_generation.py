@@ -6,16 +6,14 @@ import torch
 from memlm.backbones import load_backbone
 from memlm.generation import Sampling, generate
 from memlm.memory import RMT
-from tests.heads import HEADS, build_head
+from tests.heads import HEADS, build_head, tiny_gpt2
 
 SEGMENT = 6
 
 
 @pytest.fixture(scope="module")
 def backbone():
-    torch.manual_seed(0)
-    size = {"model_type": "gpt2", "n_layer": 2, "n_embd": 32, "n_head": 2, "n_positions": 64}
-    return load_backbone(kind="causal", tokenizer="gpt2-tokenizer", tiny=size)
+    return tiny_gpt2()
 
 
 def teacher_forced_argmax(head, ids: torch.Tensor) -> torch.Tensor:

@@ -3,18 +3,15 @@
 import pytest
 import torch
 
-from memlm.backbones import load_backbone
 from memlm.memory import HMT
-from tests.heads import unroll
+from tests.heads import tiny_gpt2, unroll
 
 SEGMENT, D = 16, 32
 
 
 @pytest.fixture(scope="module")
 def backbone():
-    torch.manual_seed(0)
-    size = {"model_type": "gpt2", "n_layer": 2, "n_embd": D, "n_head": 2, "n_positions": 64}
-    return load_backbone(kind="causal", tokenizer="gpt2-tokenizer", tiny=size)
+    return tiny_gpt2()
 
 
 def hmt(backbone, **kwargs) -> HMT:

@@ -5,18 +5,14 @@ import torch
 
 from memlm.backbones import load_backbone
 from memlm.memory import LM2
-from tests.heads import unroll
+from tests.heads import tiny_gpt2, unroll
 
 D = 32
 
 
 @pytest.fixture(scope="module")
 def backbone():
-    torch.manual_seed(0)
-    # No dropout: a test that trains leaves this shared backbone in training mode for the tests after it.
-    size = {"model_type": "gpt2", "n_layer": 2, "n_embd": D, "n_head": 2, "n_positions": 128,
-            "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}
-    return load_backbone(kind="causal", tokenizer="gpt2-tokenizer", tiny=size)
+    return tiny_gpt2(n_positions=128)
 
 
 def test_sixteen_slots_with_segments_of_64_tokens_train_every_part(backbone):
