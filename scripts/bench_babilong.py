@@ -13,7 +13,8 @@ otherwise), segment length (`data=babilong`: 128 tokens), batch, optimiser and n
 `--reuse` evaluates existing checkpoints under --out instead of training again (longer lengths for the best heads:
 `--heads armt rmt --tasks qa1 --lengths 64k 128k 1M --reuse`), and refuses before evaluating anything if a head x
 task has no training record there. Prints a head x task table per length and writes
-bench_babilong.json and a task x length heatmap per head (`<head>/babilong_accuracy.png`) under --out.
+bench_babilong_<lengths>.json, rewritten as each head x task is evaluated (`"complete": false` until the last), and
+a task x length heatmap per head (`<head>/babilong_accuracy.png`) under --out.
 """
 
 from __future__ import annotations
@@ -95,7 +96,7 @@ def print_tables(results: dict, lengths: list[str], tasks: list[str]) -> None:
             print(f"| {head} | | | mean | {means} |")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--heads", nargs="+", choices=sorted(HEADS), default=list(HEADS))
     parser.add_argument("--tasks", nargs="+", choices=TASKS, default=TASKS)
@@ -109,7 +110,7 @@ def main() -> None:
     parser.add_argument("--reuse", action="store_true", help="evaluate the checkpoints already under --out")
     parser.add_argument("--overrides", nargs="*", default=[], help="extra train.py overrides for every run")
     parser.add_argument("--out", type=Path, default=Path("outputs/bench_babilong"))
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     args.out = args.out.resolve()
     if args.reuse and (missing := missing_records(args)):
         parser.error(f"--reuse: no training record {', '.join(map(str, missing))}; train those heads and tasks "
@@ -124,17 +125,23 @@ def main() -> None:
             results[head][task] = {**training, "eval_seconds": round(eval_seconds, 1), "accuracy_by_length": accuracy}
             print(f"{head} {task}: " + ", ".join(f"{length} {value:.2f}" for length, value in accuracy.items()),
                   flush=True)
+            written = write_report(args, results, complete=head == args.heads[-1] and task == args.tasks[-1])
         TaskLengthReport({task: run["accuracy_by_length"] for task, run in results[head].items()},
                          {task: dict.fromkeys(args.lengths, args.samples) for task in args.tasks}
                          ).write(args.out / head, title=f"BABILong accuracy, {head} ({args.samples} prompts each)")
 
-    name = f"bench_babilong_{'_'.join(args.lengths)}.json"
-    (args.out / name).write_text(json.dumps({
+    print_tables(results, args.lengths, args.tasks)
+    print(f"\nwritten: {written}")
+
+
+def write_report(args: argparse.Namespace, results: dict, complete: bool) -> Path:
+    """The JSON report of the heads and tasks evaluated so far; its path."""
+    path = args.out / f"bench_babilong_{'_'.join(args.lengths)}.json"
+    path.write_text(json.dumps({
         "machine": machine(), "segments_trained": args.segments, "steps_per_stage": args.steps_per_stage,
         "segment_range": args.segment_range, "overrides": args.overrides, "samples_per_length": args.samples,
-        "precision": args.precision, "results": results}, indent=2))
-    print_tables(results, args.lengths, args.tasks)
-    print(f"\nwritten: {args.out / name}")
+        "precision": args.precision, "complete": complete, "results": results}, indent=2))
+    return path
 
 
 if __name__ == "__main__":

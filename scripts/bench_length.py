@@ -10,7 +10,8 @@ then evaluates its last checkpoint on the test book at each length (in segments 
 (`scripts/average_checkpoints.py`; the run then keeps every validation's checkpoint). Each length is evaluated by
 its own `eval.py` process, so the process's peak resident memory is that length's. Prints a table (mean and worst
 seed per length; tokens/s and peak memory per length) and writes bench_length_<data>_<models>.json and
-accuracy_by_length_<data>_<models>.png (one line per model and seed) under --out.
+accuracy_by_length_<data>_<models>.png (one line per model and seed) under --out, both rewritten as each seed's run
+ends (`"complete": false` until the last), so a benchmark stopped after hours keeps the figures of its finished runs.
 """
 
 from __future__ import annotations
@@ -80,7 +81,7 @@ def evaluate_length(checkpoint: Path, segments: int, samples: int, precision: st
             "tokens_per_s": float(row["tokens_per_s"]), "peak_rss_mib": round(peak_kib / 1024, 1)}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["rmt", "baseline"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
@@ -94,7 +95,7 @@ def main() -> None:
                         help="extra train.py overrides (debug=limit for a smoke run); the figures use none")
     parser.add_argument("--average-last", type=int, default=None, metavar="N",
                         help="evaluate the mean weights of each run's last N checkpoints in place of last.ckpt")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
 
@@ -118,18 +119,26 @@ def main() -> None:
                 print(f"{model} seed {seed}: {n} segments, accuracy {result['accuracy']:.3f}, "
                       f"{result['tokens_per_s']:.0f} tokens/s, {result['peak_rss_mib']:.0f} MiB", flush=True)
             runs.append(run)
+            report, written = write_report(args, out, runs, complete=len(runs) == len(args.models) * len(args.seeds))
 
+    print_table(report)
+    print("\n" + "\n".join(f"written: {path}" for path in written))
+
+
+def write_report(args: argparse.Namespace, out: Path, runs: list[dict], complete: bool) -> tuple[dict, list[Path]]:
+    """The JSON report and the plot of the runs finished so far; their paths."""
+    models = [model for model in args.models if any(run["model"] == model for run in runs)]
     report = {"machine": machine(), "data": args.data, "samples": args.samples, "precision": args.precision,
-              "segment_tokens": 32,
-              "lengths_in_segments": args.lengths, "runs": runs, "summary": summarise(runs, args.models, args.lengths)}
+              "segment_tokens": 32, "lengths_in_segments": args.lengths, "complete": complete, "runs": runs,
+              "summary": summarise(runs, models, args.lengths)}
     name = f"{args.data}_{'_'.join(args.models)}"
-    (out / f"bench_length_{name}.json").write_text(json.dumps(report, indent=2))
+    path = out / f"bench_length_{name}.json"
+    path.write_text(json.dumps(report, indent=2))
     plot = plot_series_by_length(
         {f"{run['model']} seed {run['seed']}": {n: r["accuracy"] for n, r in run["lengths"].items()} for run in runs},
         out / f"accuracy_by_length_{name}.png", title=f"{args.data}: test accuracy by length ({args.samples} "
         "samples)", ylabel="accuracy", xlabel="segments of 32 tokens")
-    print_table(report)
-    print(f"\nwritten: {out / f'bench_length_{name}.json'}\nwritten: {plot}")
+    return report, [path, plot]
 
 
 def summarise(runs: list[dict], models: list[str], lengths: list[int]) -> dict:

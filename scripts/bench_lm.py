@@ -9,7 +9,8 @@ advances on steps alone). Each last checkpoint is then evaluated by `eval.py` on
 each of `--lengths` segments (memory empty at the start of each window). `hmt` is HMT's causal default
 (`model.summary_source=previous`); `hmt_published` is the published summary of the segment's own first tokens,
 whose predictions can see later tokens, so its perplexity is not a language model's. Prints a table and writes
-bench_lm.json (and each run's directory) under --out.
+bench_lm.json, rewritten as each head is evaluated (`"complete": false` until the last), and each run's directory
+under --out.
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ def print_table(results: list[dict], lengths: list[int]) -> None:
               f"| {first:.1f} / {later_mean:.1f} |")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--heads", nargs="+", choices=sorted(HEADS), default=list(HEADS))
     parser.add_argument("--data", choices=["pg19", "wikitext103"], default="pg19")
@@ -85,19 +86,22 @@ def main() -> None:
     parser.add_argument("--segments", nargs="+", type=int, default=[1, 2, 4])
     parser.add_argument("--lengths", nargs="+", type=int, default=[1, 4, 16])
     parser.add_argument("--out", type=Path, default=Path("outputs/bench_lm"))
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
 
-    results = [bench_head(head, args) for head in args.heads]
-    report = {
-        "machine": machine(),
-        "data": args.data,
-        "segments_trained": args.segments,
-        "steps_per_stage": args.steps_per_stage,
-        "lengths_in_segments": args.lengths,
-        "results": results,
-    }
-    (args.out / "bench_lm.json").write_text(json.dumps(report, indent=2))
+    results = []
+    for head in args.heads:
+        results.append(bench_head(head, args))
+        report = {
+            "machine": machine(),
+            "data": args.data,
+            "segments_trained": args.segments,
+            "steps_per_stage": args.steps_per_stage,
+            "lengths_in_segments": args.lengths,
+            "complete": len(results) == len(args.heads),
+            "results": results,
+        }
+        (args.out / "bench_lm.json").write_text(json.dumps(report, indent=2))
 
     print_table(results, args.lengths)
     print(f"\nwritten: {args.out / 'bench_lm.json'}")

@@ -1,6 +1,7 @@
 """Training on BABILong and eval.py's task x length table under the official scoring rule."""
 
 import csv
+import importlib.util
 import json
 import subprocess
 import sys
@@ -184,3 +185,29 @@ def test_bench_reuse_refuses_runs_it_has_no_record_of(tmp_path):
     assert str(tmp_path / "rmt" / "qa1" / "bench_training.json") in result.stderr
     assert "armt" not in result.stderr.split("no training record")[1]
     assert not (tmp_path / "rmt" / "qa1" / "checkpoints").exists()
+
+
+def test_a_babilong_benchmark_stopped_part_way_keeps_the_heads_and_tasks_it_evaluated(tmp_path, monkeypatch):
+    """The report is rewritten as each head x task is evaluated, so a benchmark stopped in its third run keeps the
+    first two runs' figures."""
+    spec = importlib.util.spec_from_file_location("bench_babilong", REPO / "scripts" / "bench_babilong.py")
+    bench_babilong = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench_babilong)
+    monkeypatch.setattr(bench_babilong, "trained_run", lambda head, task, args: (
+        tmp_path / head / task, {"train_seconds": 1.0, "steps": 3}))
+
+    def evaluated(run_dir, task, args):
+        if run_dir.parent.name == "rmt":
+            raise KeyboardInterrupt
+        return {"0k": 0.5 if task == "qa1" else 0.25}, 1.0
+
+    monkeypatch.setattr(bench_babilong, "evaluated", evaluated)
+    with pytest.raises(KeyboardInterrupt):
+        bench_babilong.main(["--heads", "armt", "rmt", "--tasks", "qa1", "qa2", "--lengths", "0k",
+                             "--out", str(tmp_path)])
+
+    report = json.loads((tmp_path / "bench_babilong_0k.json").read_text())
+    assert report["complete"] is False
+    assert {head: {task: run["accuracy_by_length"] for task, run in by_task.items()}
+            for head, by_task in report["results"].items()} == {
+        "armt": {"qa1": {"0k": 0.5}, "qa2": {"0k": 0.25}}}
