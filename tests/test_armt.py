@@ -112,6 +112,64 @@ def test_a_layer_memory_writing_the_same_states_twice_keeps_its_matrix():
     torch.testing.assert_close(recall(*once, keys), layer.value(states), atol=1e-4, rtol=1e-4)
 
 
+
+def test_a_memory_that_holds_something_also_takes_the_next_samples_writes_and_an_empty_one_its_own_alone():
+    torch.manual_seed(0)
+    layer = LayerMemory(D, d_mem=8, nu=2)
+    torch.nn.init.normal_(layer.value.weight)
+    empty_memory = (torch.zeros(3, 2 * 2 * 8, D), torch.zeros(3, 2 * 2 * 8))
+    matrix, normaliser = layer.write(torch.randn(3, 2, D), *empty_memory)
+    matrix[2], normaliser[2] = 0, 0  # sample 2's memory is empty
+    states = torch.randn(3, 2, D)
+    taken = layer.write(states, matrix, normaliser, foreign_writes=1)
+    alone = layer.write(states, matrix, normaliser)
+    for sample, then in ((0, 1), (1, 2)):
+        # As if the sample's own memory tokens were followed by the next sample's.
+        both = layer.write(torch.cat([states[sample], states[then]]).unsqueeze(0), matrix[sample : sample + 1],
+                           normaliser[sample : sample + 1])
+        torch.testing.assert_close(taken[0][sample], both[0][0])
+        torch.testing.assert_close(taken[1][sample], both[1][0])
+        assert not torch.allclose(taken[0][sample], alone[0][sample])
+    torch.testing.assert_close(taken[0][2], alone[0][2], atol=0, rtol=0)
+    torch.testing.assert_close(taken[1][2], alone[1][2], atol=0, rtol=0)
+    # More foreign writes than other samples: each takes every other sample's, none its own twice.
+    every = layer.write(states, matrix, normaliser, foreign_writes=5)
+    torch.testing.assert_close(every[0], layer.write(states, matrix, normaliser, foreign_writes=2)[0])
+
+
+def test_foreign_writes_act_in_training_only_and_from_the_second_segment(backbone):
+    torch.manual_seed(1)
+    plain = with_values(ARMT(backbone, num_mem_tokens=2, d_mem=8, nu=2))
+    foreign = ARMT(backbone, num_mem_tokens=2, d_mem=8, nu=2, foreign_writes=1)
+    foreign.load_state_dict(plain.state_dict())
+    ids = segments(2, 3)
+    other = ids.clone()
+    other[1, 1] = segments(1, 1, seed=7)[0, 0]  # sample 1's second segment only
+    with torch.no_grad():
+        for head in (plain, foreign):
+            head.eval()
+        for (matrix, normaliser), (same_matrix, same_normaliser) in zip(
+                unroll(plain, ids)[-1].state, unroll(foreign, ids)[-1].state, strict=True):
+            torch.testing.assert_close(same_matrix, matrix, atol=0, rtol=0)
+            torch.testing.assert_close(same_normaliser, normaliser, atol=0, rtol=0)
+        try:
+            for head in (plain, foreign):
+                head.train()
+            first_plain, second_plain = unroll(plain, ids)[:2]
+            first, second, _ = unroll(foreign, ids)
+            changed = unroll(foreign, other)[1]
+            unchanged = unroll(plain, other)[1]
+        finally:
+            backbone.eval()
+    for slot in range(2):
+        # The first segment writes into empty memories: each takes its own writes alone.
+        torch.testing.assert_close(first.state[slot][0], first_plain.state[slot][0], atol=0, rtol=0)
+        # From the second on, sample 0's memory also takes sample 1's writes.
+        assert not torch.allclose(second.state[slot][0][0], second_plain.state[slot][0][0])
+        assert not torch.allclose(changed.state[slot][0][0], second.state[slot][0][0])
+        torch.testing.assert_close(unchanged.state[slot][0][0], second_plain.state[slot][0][0])
+
+
 def test_zero_initialised_values_leave_the_first_segments_write_unread(backbone):
     torch.manual_seed(1)
     head = ARMT(backbone, num_mem_tokens=2, d_mem=8, nu=2).eval()
@@ -228,6 +286,7 @@ def test_checkpoint_round_trip_holds_parameters_and_no_memory(fast_cfg, tmp_path
     ("model.d_mem=1", "model.d_mem=1"),
     ("model.nu=0", "model.nu=0"),
     ("model.d_mem=3", "model.nu=3 must be between 1 and model.d_mem - 1 = 2"),
+    ("model.foreign_writes=-1", "model.foreign_writes=-1"),
 ])
 def test_bad_settings_name_the_key(backbone, override, message):
     config = compose_train(["model=armt", override]).model

@@ -34,6 +34,16 @@ Where memlm departs from the authors' code, and why:
 - One memory head per layer (the authors' default); `layers` chooses which layers carry memory (the authors: all).
 - Generation re-reads its open segment without committing it, so a segment is written once, when it is complete
   (`memlm.generation`); the authors switch writing off with a mode flag instead.
+
+Foreign writes in training (`foreign_writes` = R, memlm's; 0, the default, is the paper's write). What loses a fact
+over thousands of segments is the background's writes: each moves the fact's value a little wherever its key
+overlaps the fact's, and 32-segment training holds too few of them for the loss to notice (README, ARMT: keeping A
+as the fact's segment left it answers every sample). With R > 0, in training only, each memory that already holds
+something also takes, by the same delta rule, the writes of the R samples after its own in the batch at the same
+segment: R + 1 times the background writes per segment, so the keys, values and strengths learn to leave what a
+memory holds alone. Another sample's writes stand for background only where facts open a sample (memorize: the
+first segment, which an empty memory takes alone); where facts may come anywhere (detect, BABILong) they would
+bring other samples' facts, so it is off by default.
 """
 
 from __future__ import annotations
@@ -103,23 +113,39 @@ class LayerMemory(nn.Module):
             queries = self.features(self.query(hidden.to(self.query.weight.dtype)))
             return hidden + recall(matrix, normaliser, queries).to(hidden.dtype)
 
-    def write(self, memory_states: torch.Tensor, matrix: torch.Tensor,
-              normaliser: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(A, z) after the memory tokens' states (batch, m, d) are written by the delta rule."""
+    def write(self, memory_states: torch.Tensor, matrix: torch.Tensor, normaliser: torch.Tensor,
+              foreign_writes: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """(A, z) after the memory tokens' states (batch, m, d) are written by the delta rule; with
+        `foreign_writes` = R, each memory that already holds something also takes the writes of the R samples
+        after its own (see the module's docstring)."""
         with torch.autocast(memory_states.device.type, enabled=False):
             states = memory_states.to(self.key.weight.dtype)
             keys = self.features(self.key(states))
             values = self.value(states).float()
             betas = torch.sigmoid(self.strength(states)).float()
+            count = min(foreign_writes, states.shape[0] - 1)
+            if count:
+                # A zero key writes nothing and counts nothing: an empty memory takes its own writes alone.
+                receives = (normaliser > 0).any(dim=-1).to(keys.dtype).view(-1, 1, 1)
+                keys = with_foreign(keys, count, receives)
+                values = with_foreign(values, count)
+                betas = with_foreign(betas, count)
             return associate(matrix, normaliser, keys, values, betas)
+
+
+def with_foreign(own: torch.Tensor, count: int, scale: torch.Tensor | float = 1.0) -> torch.Tensor:
+    """`own` (batch, m, ...) followed, along the memory-token axis, by the same tensor of each of the `count`
+    samples after each sample's in the batch (rolled round), times `scale`."""
+    return torch.cat([own, *(own.roll(-shift, dims=0) * scale for shift in range(1, count + 1))], dim=1)
 
 
 class ARMT(MemoryHead):
     size_key = "model.num_mem_tokens"
 
     def __init__(self, backbone: Backbone, num_mem_tokens: int = 4, d_mem: int = 32, nu: int = 3,
-                 layers: Sequence[int] | None = None):
-        """`layers`: the indices of the blocks that carry memory; None: all of them."""
+                 layers: Sequence[int] | None = None, foreign_writes: int = 0):
+        """`layers`: the indices of the blocks that carry memory; None: all of them. `foreign_writes`: in
+        training, the other samples' writes each memory also takes per segment (module docstring); 0: none."""
         super().__init__(backbone)
         if not backbone.is_decoder:
             raise ValueError("model=armt needs a decoder backbone (backbone.kind=causal): its memory tokens follow "
@@ -132,7 +158,10 @@ class ARMT(MemoryHead):
         if not 1 <= nu < d_mem:
             # Rolled by d_mem places, relu(x_i) meets relu(-x_i): their product is always zero.
             raise ValueError(f"model.nu={nu} must be between 1 and model.d_mem - 1 = {d_mem - 1}")
+        if foreign_writes < 0:
+            raise ValueError(f"model.foreign_writes={foreign_writes} must be 0 (none) or more")
         self.num_mem_tokens = num_mem_tokens
+        self.foreign_writes = foreign_writes
         self.d_key = 2 * nu * d_mem
         self.layers = memory_layers(backbone, layers)
         self.slot_of_block = {block: slot for slot, block in enumerate(self.layers)}
@@ -178,7 +207,9 @@ class ARMT(MemoryHead):
 
         with self.backbone.intercepting(before=self._reading(state), after=keep_memory_outputs):
             hidden = self.backbone(inputs, attention_mask, cache=cache)
-        return hidden, tuple(memory.write(memory_outputs[i], *state[i]) for i, memory in enumerate(self.memories))
+        foreign = self.foreign_writes if self.training else 0
+        return hidden, tuple(memory.write(memory_outputs[i], *state[i], foreign_writes=foreign)
+                             for i, memory in enumerate(self.memories))
 
     def _reading(self, state: MemoryState):
         """The block interceptor that adds each memory layer's read to that block's input."""
