@@ -49,8 +49,8 @@ def writes_undone_after(head: ARMT, last_fact: torch.Tensor, kept: str):
     segment = [0] * len(head.memories)
 
     def undoing(slot: int, write):
-        def write_or_keep(states, matrix, normaliser):
-            written_matrix, written_normaliser = write(states, matrix, normaliser)
+        def write_or_keep(states, matrix, normaliser, **options):
+            written_matrix, written_normaliser = write(states, matrix, normaliser, **options)
             after = segment[slot] > last_fact
             segment[slot] += 1
             if "A" in kept:
