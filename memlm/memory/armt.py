@@ -43,7 +43,8 @@ something also takes, by the same delta rule, the writes of the R samples after 
 segment: R + 1 times the background writes per segment, so the keys, values and strengths learn to leave what a
 memory holds alone. Another sample's writes stand for background only where facts open a sample (memorize: the
 first segment, which an empty memory takes alone); where facts may come anywhere (detect, BABILong) they would
-bring other samples' facts, so it is off by default.
+bring other samples' facts, so it is off by default. On memorize, R = 3 answers every sample from 8 to 32,768
+segments on three seeds of four, and loses the fourth past 512 (0.281 at a million tokens; README, ARMT).
 """
 
 from __future__ import annotations
