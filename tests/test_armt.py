@@ -112,7 +112,6 @@ def test_a_layer_memory_writing_the_same_states_twice_keeps_its_matrix():
     torch.testing.assert_close(recall(*once, keys), layer.value(states), atol=1e-4, rtol=1e-4)
 
 
-
 def test_a_memory_that_holds_something_also_takes_the_next_samples_writes_and_an_empty_one_its_own_alone():
     torch.manual_seed(0)
     layer = LayerMemory(D, d_mem=8, nu=2)

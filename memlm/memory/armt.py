@@ -118,7 +118,7 @@ class LayerMemory(nn.Module):
               foreign_writes: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """(A, z) after the memory tokens' states (batch, m, d) are written by the delta rule; with
         `foreign_writes` = R, each memory that already holds something also takes the writes of the R samples
-        after its own (see the module's docstring)."""
+        after its own, or of every other sample where the batch holds fewer (see the module's docstring)."""
         with torch.autocast(memory_states.device.type, enabled=False):
             states = memory_states.to(self.key.weight.dtype)
             keys = self.features(self.key(states))
