@@ -8,8 +8,9 @@ A sample's fact segments come from its plan (as in switch_openings.py). The inte
 with each memory layer's write on a segment after the last fact's replaced, for that sample, by the memory as it
 was: the matrices A kept (the normalisers z written as usual), z kept (A written as usual), or both. If keeping A
 turns wrong answers right, what loses the fact is the later segments' writes into A, not the fact's own write and
-not the reads. β is σ(W_β m) of each memory token's write, summarised per memory layer over the fact's segments
-and over the background (every other segment but the question's). Each wrong answer is listed with the argmax at
+not the reads. β is σ(W_β m) (hardsigmoid with `model.write=gated`) of each memory token's write, summarised per
+memory layer over the fact's segments and over the background (every other segment but the question's), with the
+share of writes closed (β exactly 0). Each wrong answer is listed with the argmax at
 each of its positions (" office office" for " office<|endoftext|>": the place said again where the answer ends).
 Prints the three tables and writes armt_writes_<segments>seg.json beside the checkpoint's run directory; the
 README's ARMT paragraph was measured so.
@@ -79,7 +80,8 @@ def answered(model, plans: list[SamplePlan],
     last_fact = torch.tensor([fact_segments(plan)[-1] for plan in plans])
     betas = [[] for _ in model.head.memories]
     hooks = [memory.strength.register_forward_hook(
-        lambda module, inputs, logits, slot=slot: betas[slot].append(torch.sigmoid(logits.float()).squeeze(-1)))
+        lambda module, inputs, logits, slot=slot, beta=memory.activation:
+            betas[slot].append(beta(logits.float()).squeeze(-1)))
         for slot, memory in enumerate(model.head.memories)]
     try:
         with answers_said(model, batch) as said, writes_undone_after(model.head, last_fact, kept):
@@ -106,7 +108,9 @@ def betas_by_place(betas: list[torch.Tensor], plans: list[SamplePlan]) -> list[t
 def beta_summary(fact: torch.Tensor, background: torch.Tensor) -> dict:
     quantiles = torch.quantile(background, torch.tensor([0.5, 0.9, 0.99])).tolist()
     return {"fact": fact.mean().item(), "background": background.mean().item(),
-            "background_quantiles": dict(zip(["0.5", "0.9", "0.99"], quantiles, strict=True))}
+            "background_quantiles": dict(zip(["0.5", "0.9", "0.99"], quantiles, strict=True)),
+            "fact_closed": (fact == 0).float().mean().item(),
+            "background_closed": (background == 0).float().mean().item()}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -141,11 +145,13 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"| {row['writes after the fact']} | {row['accuracy']:.3f} | {row['turned_right']} | "
               f"{row['turned_wrong']} |")
     per_layer = [beta_summary(torch.cat(fact), torch.cat(background)) for fact, background in betas]
-    print("| memory layer | β on the fact's segments | β on background | its quantiles 0.5 / 0.9 / 0.99 |")
+    print("| memory layer | β on the fact's segments (closed) | β on background (closed) | "
+          "its quantiles 0.5 / 0.9 / 0.99 |")
     print("|---|---|---|---|")
     for block, layer in zip(model.head.layers, per_layer, strict=True):
         quantiles = " / ".join(f"{q:.3f}" for q in layer["background_quantiles"].values())
-        print(f"| {block} | {layer['fact']:.3f} | {layer['background']:.3f} | {quantiles} |")
+        print(f"| {block} | {layer['fact']:.3f} ({layer['fact_closed']:.0%}) | {layer['background']:.3f} "
+              f"({layer['background_closed']:.0%}) | {quantiles} |")
     print("| answer | said instead (argmax at each answer position) | samples |")
     print("|---|---|---|")
     for (answer, said), count in wrong.most_common():

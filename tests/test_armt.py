@@ -112,6 +112,48 @@ def test_a_layer_memory_writing_the_same_states_twice_keeps_its_matrix():
     torch.testing.assert_close(recall(*once, keys), layer.value(states), atol=1e-4, rtol=1e-4)
 
 
+def with_strength(layer: LayerMemory, bias: float) -> LayerMemory:
+    """The layer with every write's W_β m equal to `bias`."""
+    torch.nn.init.zeros_(layer.strength.weight)
+    torch.nn.init.constant_(layer.strength.bias, bias)
+    return layer
+
+
+def test_a_closed_gated_write_leaves_the_matrix_bit_for_bit_where_the_papers_sigmoid_leaks():
+    torch.manual_seed(0)
+    for gated in (True, False):
+        layer = with_strength(LayerMemory(D, d_mem=8, nu=2, gated=gated), 30.0)
+        torch.nn.init.normal_(layer.value.weight)
+        held = layer.write(torch.randn(2, 2, D), torch.zeros(2, 2 * 2 * 8, D), torch.zeros(2, 2 * 2 * 8))
+        with_strength(layer, -8.0)  # hardsigmoid: 0; σ: 3e-4
+        matrix, _ = layer.write(torch.randn(2, 2, D), *held)
+        assert torch.equal(matrix, held[0]) == gated
+
+
+def test_a_gated_write_stores_a_unit_value_times_the_layers_gain():
+    torch.manual_seed(0)
+    layer = with_strength(LayerMemory(D, d_mem=8, nu=2, gated=True), 30.0)  # β = 1
+    assert layer.value.weight.abs().sum() > 0  # a zero W_V would have no direction to normalise
+    with torch.no_grad():
+        layer.value_gain.fill_(2.5)
+    states = torch.randn(1, 1, D)
+    written = layer.write(states, torch.zeros(1, 2 * 2 * 8, D), torch.zeros(1, 2 * 2 * 8))
+    read = recall(*written, layer.features(layer.key(states)))
+    torch.testing.assert_close(read, 2.5 * torch.nn.functional.normalize(layer.value(states), dim=-1))
+
+
+def test_a_gated_head_prices_its_writes_in_training_only(backbone):
+    head = ARMT(backbone, num_mem_tokens=2, d_mem=8, nu=2, write="gated", write_penalty=0.5)
+    for memory in head.memories:
+        with_strength(memory, 30.0)  # β = 1 everywhere: the price is the weight itself
+    ids = segments(2, 1)[:, 0]
+    mask = torch.ones_like(ids)
+    state = head.initial_state(2)
+    assert head.train()(ids, mask, state).penalty.item() == 0.5
+    assert head.eval()(ids, mask, state).penalty is None
+    assert ARMT(backbone, num_mem_tokens=2, d_mem=8, nu=2).train()(ids, mask, state).penalty is None
+
+
 def test_a_memory_that_holds_something_also_takes_the_next_samples_writes_and_an_empty_one_its_own_alone():
     torch.manual_seed(0)
     layer = LayerMemory(D, d_mem=8, nu=2)
@@ -251,10 +293,11 @@ def test_the_state_stays_float32_under_bfloat16_autocast(backbone):
     assert all(m.abs().sum() > 0 for m, _ in outputs[-1].state)
 
 
+@pytest.mark.parametrize("write", ["delta", "gated"])
 @pytest.mark.parametrize("depth, recompute", [(-1, False), (2, False), (-1, True)])
-def test_chunked_backward_gives_the_plain_gradients_through_the_associative_state(depth, recompute):
+def test_chunked_backward_gives_the_plain_gradients_through_the_associative_state(depth, recompute, write):
     torch.manual_seed(0)
-    head = with_values(ARMT(tiny_rmt().backbone, num_mem_tokens=2, d_mem=8, nu=2))
+    head = with_values(ARMT(tiny_rmt().backbone, num_mem_tokens=2, d_mem=8, nu=2, write=write))
     batch = make_batch(5)
     plain_loss, plain = run(head, batch, Recurrence(depth), chunked=False)
     chunked_loss, chunked = run(head, batch, Recurrence(depth, recompute=recompute), chunked=True)
@@ -286,6 +329,9 @@ def test_checkpoint_round_trip_holds_parameters_and_no_memory(fast_cfg, tmp_path
     ("model.nu=0", "model.nu=0"),
     ("model.d_mem=3", "model.nu=3 must be between 1 and model.d_mem - 1 = 2"),
     ("model.foreign_writes=-1", "model.foreign_writes=-1"),
+    ("model.write=hebbian", "model.write='hebbian' is not one of"),
+    ("model.write_penalty=0.1", "model.write_penalty=0.1 must be 0, or positive with model.write=gated"),
+    ("model.write_penalty=-1", "model.write_penalty=-1"),
 ])
 def test_bad_settings_name_the_key(backbone, override, message):
     config = compose_train(["model=armt", override]).model

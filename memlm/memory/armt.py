@@ -46,6 +46,23 @@ first segment, which an empty memory takes alone); where facts may come anywhere
 bring other samples' facts, so it is off by default. On memorize, R = 3 answers every sample from 8 to 32,768
 segments on three CPU seeds of four, and loses the fourth past 512 (0.281 at a million tokens); trained in bf16 on
 an H200, one seed of four (0.83-0.90 the others, against 0.63-1.00 with the paper's write; README, ARMT).
+
+The gated write (`write="gated"`, memlm's; `"delta"` is the paper's). With the paper's write, β never learns to tell
+the fact from background (0.41-0.50 on both, README): into an empty memory, where memorize's fact goes, the write
+leaves `A = β k vᵀ` and `z = k`, so the read is β v and β's scale is interchangeable with the value's. The gated
+write takes that freedom away and gives β a reason to close:
+- values are unit vectors times a learned gain per layer, `v = g W_V m / ‖W_V m‖`, so how far a write moves the
+  memory is set by β alone (W_V then starts random, since a zero vector has no direction);
+- β = hardsigmoid(W_β m) = clip(W_β m / 6 + 1/2, 0, 1) instead of σ, so a closed write is exactly 0 and leaves A
+  bit for bit, where σ only approaches 0 and a leak of 1e-4 per segment adds up over thousands (z stays the
+  paper's, counting every key: counting only the keys written leaves it near 0 where the reads divide by it);
+- `write_penalty` adds the mean β of every segment but the last, times this weight, to the training loss, as RMT's
+  does for its gate: writing costs, so β stays open where the memory's content pays for it and closes elsewhere.
+  0.01 by default (0.1 weakens the fact's write too: 0.906 at 512 segments on seed 0).
+The delta rule, z and the reads are the paper's. On memorize every background write closes (β exactly 0 on
+98-100% of them) while the fact's stays open (0.35 on average in the first layer), and four seeds of four answer
+every sample at a million tokens, where the paper's write loses two of four by 4,096 segments (README, ARMT). Off
+by default until it is measured where facts come into a memory that already holds something (detect, BABILong).
 """
 
 from __future__ import annotations
@@ -62,6 +79,8 @@ from memlm.memory.base import MemoryHead, MemoryState, SegmentOutput, memory_lay
 
 EPS = 1e-5
 """Added to the normaliser of every read, so an empty memory (z = 0) reads 0 instead of 0/0."""
+
+WRITES = ("delta", "gated")
 
 
 def dpfp(x: torch.Tensor, nu: int) -> torch.Tensor:
@@ -95,19 +114,35 @@ def associate(matrix: torch.Tensor, normaliser: torch.Tensor, keys: torch.Tensor
 
 class LayerMemory(nn.Module):
     """The projections of one layer's associative memory: its read query, and the key, value and write strength
-    of what the memory tokens write."""
+    of what the memory tokens write; `gated`: unit values times a learned gain and a hard-sigmoid β (the module's
+    docstring), else the paper's."""
 
-    def __init__(self, hidden_size: int, d_mem: int, nu: int):
+    def __init__(self, hidden_size: int, d_mem: int, nu: int, gated: bool = False):
         super().__init__()
         self.nu = nu
+        self.gated = gated
         self.query = nn.Linear(hidden_size, d_mem, bias=False)
         self.key = nn.Linear(hidden_size, d_mem, bias=False)
         self.value = nn.Linear(hidden_size, hidden_size, bias=False)
         self.strength = nn.Linear(hidden_size, 1)
-        nn.init.zeros_(self.value.weight)
+        self.activation = F.hardsigmoid if gated else torch.sigmoid
+        """β from W_β's output."""
+        if gated:
+            self.value_gain = nn.Parameter(torch.ones(()))
+        else:
+            nn.init.zeros_(self.value.weight)
 
     def features(self, projected: torch.Tensor) -> torch.Tensor:
         return F.normalize(dpfp(projected.float(), self.nu), dim=-1)
+
+    def strengths(self, memory_states: torch.Tensor) -> torch.Tensor:
+        """β of each memory token's write, (batch, m, 1) in [0, 1]."""
+        with torch.autocast(memory_states.device.type, enabled=False):
+            return self.activation(self.strength(memory_states.to(self.strength.weight.dtype))).float()
+
+    def values(self, states: torch.Tensor) -> torch.Tensor:
+        values = self.value(states).float()
+        return F.normalize(values, dim=-1) * self.value_gain if self.gated else values
 
     def read(self, hidden: torch.Tensor, matrix: torch.Tensor, normaliser: torch.Tensor) -> torch.Tensor:
         """The hidden states with the memory's answer to each position's query added."""
@@ -123,8 +158,8 @@ class LayerMemory(nn.Module):
         with torch.autocast(memory_states.device.type, enabled=False):
             states = memory_states.to(self.key.weight.dtype)
             keys = self.features(self.key(states))
-            values = self.value(states).float()
-            betas = torch.sigmoid(self.strength(states)).float()
+            values = self.values(states)
+            betas = self.strengths(states)
             count = min(foreign_writes, states.shape[0] - 1)
             if count:
                 # A zero key writes nothing and counts nothing: an empty memory takes its own writes alone.
@@ -145,9 +180,12 @@ class ARMT(MemoryHead):
     size_key = "model.num_mem_tokens"
 
     def __init__(self, backbone: Backbone, num_mem_tokens: int = 4, d_mem: int = 32, nu: int = 3,
-                 layers: Sequence[int] | None = None, foreign_writes: int = 0):
+                 layers: Sequence[int] | None = None, foreign_writes: int = 0, write: str = "delta",
+                 write_penalty: float | None = None):
         """`layers`: the indices of the blocks that carry memory; None: all of them. `foreign_writes`: in
-        training, the other samples' writes each memory also takes per segment (module docstring); 0: none."""
+        training, the other samples' writes each memory also takes per segment (module docstring); 0: none.
+        `write`: "delta" (the paper's) or "gated" (module docstring); `write_penalty` None: 0.01 for a gated
+        write, none for delta."""
         super().__init__(backbone)
         if not backbone.is_decoder:
             raise ValueError("model=armt needs a decoder backbone (backbone.kind=causal): its memory tokens follow "
@@ -162,13 +200,21 @@ class ARMT(MemoryHead):
             raise ValueError(f"model.nu={nu} must be between 1 and model.d_mem - 1 = {d_mem - 1}")
         if foreign_writes < 0:
             raise ValueError(f"model.foreign_writes={foreign_writes} must be 0 (none) or more")
+        if write not in WRITES:
+            raise ValueError(f"model.write={write!r} is not one of {WRITES}")
+        if write_penalty is None:
+            write_penalty = 0.01 if write == "gated" else 0.0
+        if write_penalty < 0 or (write_penalty and write != "gated"):
+            raise ValueError(f"model.write_penalty={write_penalty} must be 0, or positive with model.write=gated")
+        self.write_penalty = write_penalty
         self.num_mem_tokens = num_mem_tokens
         self.foreign_writes = foreign_writes
         self.d_key = 2 * nu * d_mem
         self.layers = memory_layers(backbone, layers)
         self.slot_of_block = {block: slot for slot, block in enumerate(self.layers)}
         self.memory = self.embedding_scaled(num_mem_tokens, backbone.hidden_size)
-        self.memories = nn.ModuleList(LayerMemory(backbone.hidden_size, d_mem, nu) for _ in self.layers)
+        self.memories = nn.ModuleList(LayerMemory(backbone.hidden_size, d_mem, nu, gated=write == "gated")
+                                      for _ in self.layers)
 
     def initial_state(self, batch_size: int) -> MemoryState:
         device = self.memory.device
@@ -197,9 +243,10 @@ class ARMT(MemoryHead):
         return self.memory.to(dtype).unsqueeze(0).expand(batch, -1, -1)
 
     def _read_and_written(self, inputs: torch.Tensor, attention_mask: torch.Tensor | None, state: MemoryState,
-                          cache: Cache | None = None) -> tuple[torch.Tensor, MemoryState]:
+                          cache: Cache | None = None) -> tuple[torch.Tensor, MemoryState, list[torch.Tensor]]:
         """The backbone's hidden states over `inputs`, whose last m positions are the memory tokens, with the
-        memory read before each memory layer; and the memory those positions' outputs write."""
+        memory read before each memory layer; the memory those positions' outputs write; and those outputs, per
+        memory layer."""
         m = self.num_mem_tokens
         memory_outputs: list[torch.Tensor | None] = [None] * len(self.layers)
 
@@ -210,8 +257,9 @@ class ARMT(MemoryHead):
         with self.backbone.intercepting(before=self._reading(state), after=keep_memory_outputs):
             hidden = self.backbone(inputs, attention_mask, cache=cache)
         foreign = self.foreign_writes if self.training else 0
-        return hidden, tuple(memory.write(memory_outputs[i], *state[i], foreign_writes=foreign)
-                             for i, memory in enumerate(self.memories))
+        written = tuple(memory.write(memory_outputs[i], *state[i], foreign_writes=foreign)
+                        for i, memory in enumerate(self.memories))
+        return hidden, written, memory_outputs
 
     def _reading(self, state: MemoryState):
         """The block interceptor that adds each memory layer's read to that block's input."""
@@ -229,6 +277,14 @@ class ARMT(MemoryHead):
         m = self.num_mem_tokens
         tokens = self.embed_tokens(input_ids, token_embeddings)
         inputs = torch.cat([tokens, self._memory_tokens(tokens.shape[0], tokens.dtype)], dim=1)
-        hidden, next_state = self._read_and_written(inputs, pad_mask(attention_mask, 0, m), state)
+        hidden, next_state, memory_outputs = self._read_and_written(inputs, pad_mask(attention_mask, 0, m), state)
         token_states = hidden[:, :-m]
-        return SegmentOutput(token_states, token_states[:, -1], next_state)
+        return SegmentOutput(token_states, token_states[:, -1], next_state, penalty=self._penalty(memory_outputs))
+
+    def _penalty(self, memory_outputs: list[torch.Tensor]) -> torch.Tensor | None:
+        """The price of this segment's writes in training: `write_penalty` times the mean β over memory layers
+        and tokens."""
+        if not (self.write_penalty and self.training):
+            return None
+        strengths = [memory.strengths(states) for memory, states in zip(self.memories, memory_outputs, strict=True)]
+        return self.write_penalty * torch.cat(strengths, dim=1).mean()
