@@ -10,8 +10,8 @@ was: the matrices A kept (the normalisers z written as usual), z kept (A written
 turns wrong answers right, what loses the fact is the later segments' writes into A, not the fact's own write and
 not the reads. β is σ(W_β m) (hardsigmoid with `model.write=gated`) of each memory token's write, summarised per
 memory layer over the fact's segments and over the background (every other segment but the question's), with the
-share of writes closed (β exactly 0). Each wrong answer is listed with the argmax at
-each of its positions (" office office" for " office<|endoftext|>": the place said again where the answer ends).
+share of writes closed (β exactly 0). Each wrong answer is listed with the argmax at each of its positions
+(" office office" for " office<|endoftext|>": the place said again where the answer ends).
 Prints the three tables and writes armt_writes_<segments>seg.json beside the checkpoint's run directory; the
 README's ARMT paragraph was measured so.
 """
