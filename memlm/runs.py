@@ -24,12 +24,15 @@ ends the fit loop, and Python exits 0 as if training had finished, so `train.py 
 job killed by SIGTERM reports. An evaluation has nothing to save, and no fit loop reads Lightning's flag, so
 `ending_on_sigterm` makes SIGTERM end it at once with 143 instead of letting it run on until the scheduler's kill.
 Under SLURM, requeueing is Lightning's `SLURMEnvironment`'s (SIGUSR1 before the time limit; `scripts/slurm.sbatch`).
+A report a run rewrites as it goes (`summary.json`, a benchmark's JSON) is written whole or not at all
+(`write_json`), so a run killed mid-write leaves its previous figures readable rather than a truncated file.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import json
 import os
 import signal
 import socket
@@ -38,7 +41,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from lightning.pytorch.callbacks import Callback
@@ -276,3 +279,15 @@ class CheckpointOnSigterm(Callback):
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         if isinstance(exception, SIGTERMException):
             trainer.save_checkpoint(self.path)
+
+
+def write_json(path: Path, value: Any) -> None:
+    """`value` as indented JSON at `path`, whole or not at all: written beside it and renamed over it, as
+    `AtomicCheckpointIO` does for checkpoints, so a kill mid-write leaves the previous file, never half a new one."""
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        partial.write_text(json.dumps(value, indent=2) + "\n", encoding="utf-8")
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    os.replace(partial, path)

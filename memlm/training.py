@@ -4,7 +4,6 @@ call this directly."""
 from __future__ import annotations
 
 import contextlib
-import json
 from pathlib import Path
 
 import lightning as L
@@ -38,6 +37,7 @@ from memlm.runs import (
     fitting_threads,
     is_first_process,
     keep_freed_memory,
+    write_json,
 )
 
 
@@ -136,7 +136,7 @@ def report(run_dir: Path, metrics: dict[str, float], curriculum: SegmentCurricul
         f"val_{name}_by_segments": by_length,
         "metrics": metrics,
     }
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_json(run_dir / "summary.json", summary)
     plot = plot_by_length(by_length, run_dir / f"{name}.png", title=f"validation {name} after training", ylabel=name)
     checkpoint = trainer.checkpoint_callback.last_model_path if trainer.checkpoint_callback else None
     # fast_dev_run swaps the loggers for a dummy that writes nowhere.

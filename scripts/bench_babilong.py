@@ -34,6 +34,7 @@ from benchmarking import composed, machine, train_on_budget  # noqa: E402
 from memlm.evaluation import EVAL_CONFIG, evaluate  # noqa: E402
 from memlm.evaluation.reports import TaskLengthReport  # noqa: E402
 from memlm.metrics import metric_name  # noqa: E402
+from memlm.runs import write_json  # noqa: E402
 
 HEADS = {"armt": ["model=armt"], "rmt": ["model=rmt"], "lm2": ["model=lm2"], "hmt": ["model=hmt"],
          "lrmt": ["model=lrmt"], "baseline": ["model=baseline"]}
@@ -52,7 +53,7 @@ def trained_run(head: str, task: str, args: argparse.Namespace) -> tuple[Path, d
     training = {"overrides": overrides, "train_seconds": round(seconds, 1), "others_cores": others_cores,
                 "steps": args.steps_per_stage * len(args.segments),
                 "val_exact_match_by_segments": {n: metrics[metric_name("accuracy", n)] for n in args.segments}}
-    training_record(run_dir).write_text(json.dumps(training, indent=2))
+    write_json(training_record(run_dir), training)
     return run_dir, training
 
 
@@ -137,10 +138,10 @@ def main(argv: list[str] | None = None) -> None:
 def write_report(args: argparse.Namespace, results: dict, complete: bool) -> Path:
     """The JSON report of the heads and tasks evaluated so far; its path."""
     path = args.out / f"bench_babilong_{'_'.join(args.lengths)}.json"
-    path.write_text(json.dumps({
+    write_json(path, {
         "machine": machine(), "segments_trained": args.segments, "steps_per_stage": args.steps_per_stage,
         "segment_range": args.segment_range, "overrides": args.overrides, "samples_per_length": args.samples,
-        "precision": args.precision, "complete": complete, "results": results}, indent=2))
+        "precision": args.precision, "complete": complete, "results": results})
     return path
 
 

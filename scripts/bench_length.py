@@ -33,6 +33,7 @@ from average_checkpoints import write_average  # noqa: E402
 from benchmarking import composed, machine, watched  # noqa: E402
 
 from memlm.plots import plot_series_by_length  # noqa: E402
+from memlm.runs import write_json  # noqa: E402
 from memlm.training import train  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -133,7 +134,7 @@ def write_report(args: argparse.Namespace, out: Path, runs: list[dict], complete
               "summary": summarise(runs, models, args.lengths)}
     name = f"{args.data}_{'_'.join(args.models)}"
     path = out / f"bench_length_{name}.json"
-    path.write_text(json.dumps(report, indent=2))
+    write_json(path, report)
     plot = plot_series_by_length(
         {f"{run['model']} seed {run['seed']}": {n: r["accuracy"] for n, r in run["lengths"].items()} for run in runs},
         out / f"accuracy_by_length_{name}.png", title=f"{args.data}: test accuracy by length ({args.samples} "

@@ -16,7 +16,6 @@ under --out.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import time
@@ -28,6 +27,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 from benchmarking import composed, machine, train_on_budget  # noqa: E402
 
 from memlm.evaluation import EVAL_CONFIG, evaluate  # noqa: E402
+from memlm.runs import write_json  # noqa: E402
 
 HEADS = {
     "hmt": ["model=hmt"],
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
             "complete": len(results) == len(args.heads),
             "results": results,
         }
-        (args.out / "bench_lm.json").write_text(json.dumps(report, indent=2))
+        write_json(args.out / "bench_lm.json", report)
 
     print_table(results, args.lengths)
     print(f"\nwritten: {args.out / 'bench_lm.json'}")

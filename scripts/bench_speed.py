@@ -45,7 +45,6 @@ writes bench_speed.json under --out.
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing
 import os
 import statistics
@@ -61,7 +60,7 @@ from benchmarking import composed, machine, watched  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from memlm.module import FUSED_ADAMW_DEVICES  # noqa: E402
-from memlm.runs import keep_freed_memory  # noqa: E402
+from memlm.runs import keep_freed_memory, write_json  # noqa: E402
 from memlm.training import build  # noqa: E402
 
 SIZES = {
@@ -461,7 +460,7 @@ def main() -> None:
               "lucidrains": lucidrains, "evaluation": evaluation, "generation": generation,
               "size_overrides": SIZES[args.size], "others_cores": loads}
     path = args.out / "bench_speed.json"
-    path.write_text(json.dumps(result, indent=2))
+    write_json(path, result)
     print(f"\nwritten: {path}")
 
 

@@ -6,7 +6,6 @@ run."""
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,6 +16,7 @@ from memlm.checkpointing import load_checkpoint
 from memlm.data.base import IGNORE
 from memlm.data.facts import SamplePlan, Tokens
 from memlm.module import MemoryLM
+from memlm.runs import write_json
 from memlm.training import build_datamodule
 
 
@@ -106,6 +106,6 @@ def written_report(name: str, args: argparse.Namespace, figures: dict) -> dict:
     report = {"checkpoint": str(args.checkpoint), "segments": args.segments, "samples": args.samples,
               "split": args.split, **figures}
     out = args.checkpoint.resolve().parent.parent / f"{name}_{args.segments}seg.json"
-    out.write_text(json.dumps(report, indent=2))
+    write_json(out, report)
     print(f"written: {out}")
     return report

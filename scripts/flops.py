@@ -19,7 +19,6 @@ in the local hub cache. Nothing is downloaded or built.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 from dataclasses import asdict
@@ -43,6 +42,7 @@ from memlm.flops import (  # noqa: E402
     memory_model_flops,
     transformer_shape,
 )
+from memlm.runs import write_json  # noqa: E402
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> dict:
     print_report(report)
     args.out.mkdir(parents=True, exist_ok=True)
     name = Path(args.backbone).name
-    (args.out / f"flops_{name}.json").write_text(json.dumps(report, indent=2))
+    write_json(args.out / f"flops_{name}.json", report)
     figure = plot(report, args.out / f"flops_{name}.png")
     print(f"\nwritten: {args.out / f'flops_{name}.json'}\nwritten: {figure}")
     return report

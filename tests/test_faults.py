@@ -1,6 +1,7 @@
 """Runs that never lie: divergence, resuming after faults and in moved directories, one run per directory, SIGTERM,
 and checkpoints that cannot run code."""
 
+import json
 import os
 import shutil
 import signal
@@ -216,6 +217,25 @@ def test_a_failed_save_leaves_no_partial_file_and_says_what_to_do(tmp_path, monk
         AtomicCheckpointIO().save_checkpoint({}, tmp_path / "last.ckpt")
     assert [path.name for path in tmp_path.iterdir()] == ["last.ckpt"]
     assert (tmp_path / "last.ckpt").read_bytes() == b"the previous checkpoint"
+
+
+def test_a_report_killed_mid_write_leaves_the_previous_one_whole(tmp_path, monkeypatch):
+    report = tmp_path / "bench.json"
+    runs.write_json(report, {"runs": [1]})
+    real_write_text = Path.write_text
+
+    def killed_halfway(self, text, *args, **kwargs):
+        real_write_text(self, text[: len(text) // 2], *args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Path, "write_text", killed_halfway)
+    with pytest.raises(KeyboardInterrupt):
+        runs.write_json(report, {"runs": [1, 2]})
+    monkeypatch.undo()
+    assert [path.name for path in tmp_path.iterdir()] == ["bench.json"]
+    assert json.loads(report.read_text()) == {"runs": [1]}
+    runs.write_json(report, {"runs": [1, 2]})
+    assert json.loads(report.read_text()) == {"runs": [1, 2]}
 
 
 def test_a_backbone_that_is_neither_here_nor_on_the_hub_names_the_key(fast_cfg):
