@@ -343,4 +343,5 @@ def test_the_configured_defaults_build_on_the_default_backbone():
     config = compose_train(["model=armt"])
     head = instantiate(config.model, backbone=instantiate(config.backbone))
     assert head.d_key == 2 * 3 * 32 and head.layers == (0, 1) and head.extra_positions() == 4
+    assert not any(memory.gated for memory in head.memories) and head.write_penalty == 0  # the paper's write
 

@@ -71,6 +71,18 @@ def test_a_gated_rmt_write_is_causal_too(backbone, segment, position):
     assert not earlier_moved and later_moved
 
 
+@pytest.mark.parametrize("write", ["delta", "gated"])
+@pytest.mark.parametrize("segment, position", [(0, 0), (2, 12)])
+def test_an_armt_memory_that_holds_values_is_causal_with_either_write(backbone, write, segment, position):
+    head = default_head("armt", backbone, f"model.write={write}")
+    for memory in head.memories:
+        # The paper's W_V starts at zero, so its untrained memory carries nothing a leak could move; given values,
+        # every later segment reads what earlier ones wrote.
+        torch.nn.init.normal_(memory.value.weight, std=0.5)
+    earlier_moved, later_moved = perturb(head, segment, position)
+    assert not earlier_moved and later_moved
+
+
 def test_hmt_published_mode_is_the_expected_exception():
     # Position 5 of the third segment lies inside its first j tokens, which the published summary reads. (GPT-2
     # shape only: the tiny random Llama's memory embeddings are so alike that the leak is at rounding level.)
