@@ -28,20 +28,19 @@ from omegaconf import DictConfig, OmegaConf
 
 from memlm.curriculum import SegmentCurriculum
 from memlm.module import MemoryLM, non_finite_tensors
+from memlm.runs import written_in_place_of
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
         path = Path(path)
-        partial = path.with_name(f".{path.name}.partial")
         try:
-            super().save_checkpoint(checkpoint, partial, storage_options)
+            with written_in_place_of(path) as partial:
+                super().save_checkpoint(checkpoint, partial, storage_options)
         except (OSError, RuntimeError) as error:
-            # A full or read-only disk: leave no half-written file behind, keep the previous checkpoint.
-            partial.unlink(missing_ok=True)
+            # A full or read-only disk: no half-written file is left behind, and the previous checkpoint is kept.
             raise OSError(f"could not write checkpoint {path} ({error}); the previous checkpoint is kept: free "
                           "space or choose a writable hydra.run.dir, then resume") from None
-        os.replace(partial, path)
 
 
 def check_room_for_checkpoints(run_dir: Path, model: torch.nn.Module) -> None:

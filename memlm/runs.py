@@ -281,13 +281,20 @@ class CheckpointOnSigterm(Callback):
             trainer.save_checkpoint(self.path)
 
 
-def write_json(path: Path, value: Any) -> None:
-    """`value` as indented JSON at `path`, whole or not at all: written beside it and renamed over it, as
-    `AtomicCheckpointIO` does for checkpoints, so a kill mid-write leaves the previous file, never half a new one."""
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+@contextmanager
+def written_in_place_of(path: Path) -> Iterator[Path]:
+    """A file beside `path` for the block to write, renamed over `path` when the block ends and removed if it fails:
+    a kill or a full disk mid-write leaves the previous file, never half a new one."""
+    partial = path.with_name(f".{path.name}.partial")
     try:
-        partial.write_text(json.dumps(value, indent=2) + "\n", encoding="utf-8")
+        yield partial
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
     os.replace(partial, path)
+
+
+def write_json(path: Path, value: Any) -> None:
+    """`value` as indented JSON at `path`, whole or not at all (`written_in_place_of`), as checkpoints are saved."""
+    with written_in_place_of(path) as partial:
+        partial.write_text(json.dumps(value, indent=2) + "\n", encoding="utf-8")
